@@ -1,0 +1,3 @@
+from ltu_lightning.cli import main
+
+main()

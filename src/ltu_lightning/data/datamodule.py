@@ -1,0 +1,241 @@
+"""``UnlearningDataModule``: one dataset, one saved split, a dataloader per role."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ltu_lightning.data.datasets import DatasetBundle, load_dataset
+from ltu_lightning.data.splits import ROLES, SplitManifest, SplitSpec, make_split, read_index_file
+from ltu_lightning.data.transforms import build_transforms
+from ltu_lightning.errors import LTUError
+
+#: What a ``fit`` trains on: the original model (``train``), the retrain gold standard
+#: (``remaining``), or an unlearning run (``unlearn``: forget batches + retain batches).
+TRAIN_ON = ("train", "remaining", "retain_subset", "unlearn")
+ACCESS = ("partial", "full")
+MANIFEST_NAME = "split_manifest.json"
+
+
+class UnlearningDataModule(L.LightningDataModule):
+    """Datasets by name, the PROTOCOL.md roles, and their dataloaders.
+
+    Args:
+        dataset: ``fmnist5k`` (embedded default), ``mnist5k``, ``digits``, ``cifar10``, ``cifar100``,
+            ``svhn``, ``mnist``, ``fashion_mnist`` or ``imagefolder``.
+        root: folder of torchvision datasets (or of ``train/`` and ``test/`` for ``imagefolder``).
+        download: let torchvision download a missing dataset (never done silently).
+        holdout: size of the holdout D_h carved from the pool before pretraining: a count (≥ 1)
+            or a fraction (< 1). Halved into the auditor half and the validation half.
+        forget_fraction: random fraction of the training set to forget (ignored when
+            ``forget_classes`` or ``forget_index_file`` is given).
+        forget_classes: forget every training sample of these classes (class-wise forgetting).
+        forget_index_file: forget these pool indices (``.json`` list, ``.npy`` or text).
+        retain_fraction: ρ, the fraction of the remaining set the partial-access unlearner may use.
+        seed: seed of the split.
+        manifest_path: where the split manifest is read from (if it exists) or written to.
+            Default: ``<trainer.default_root_dir>/split_manifest.json``.
+        train_on: what ``fit`` trains on (see ``TRAIN_ON``).
+        access: for ``train_on="unlearn"``: retain batches from the retain subset (``partial``)
+            or the whole remaining set (``full``).
+        batch_size: training batch size (per stream for ``unlearn``).
+        eval_batch_size: batch size of evaluation loaders.
+        num_workers: DataLoader workers.
+        augment: override the dataset's default augmentation (on for CIFAR/SVHN/imagefolder).
+        image_size: resize images (``imagefolder``); None keeps the native size.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "fmnist5k",
+        root: str = "data",
+        download: bool = False,
+        holdout: float = 1000,
+        forget_fraction: float | None = 0.1,
+        forget_classes: list[int] | None = None,
+        forget_index_file: str | None = None,
+        retain_fraction: float = 0.1,
+        seed: int = 0,
+        manifest_path: str | None = None,
+        train_on: str = "train",
+        access: str = "partial",
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        augment: bool | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if train_on not in TRAIN_ON:
+            raise LTUError(f"train_on={train_on!r} is unknown; choose one of {', '.join(TRAIN_ON)}")
+        if access not in ACCESS:
+            raise LTUError(
+                f"access={access!r} is unknown; choose 'partial' (retain subset) or 'full' (remaining set)"
+            )
+        if forget_classes is not None and forget_index_file is not None:
+            raise LTUError("give either forget_classes or forget_index_file, not both")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise LTUError("batch_size and eval_batch_size must be positive integers")
+        self.dataset_name = dataset
+        self.train_on = train_on
+        self.access = access
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.bundle: DatasetBundle | None = None
+        self.manifest: SplitManifest | None = None
+
+    # ------------------------------------------------------------------ split
+    @property
+    def spec(self) -> SplitSpec:
+        hp = self.hparams
+        indices = read_index_file(hp.forget_index_file) if hp.forget_index_file else None
+        classes = (
+            tuple(int(c) for c in hp.forget_classes) if hp.forget_classes is not None else None
+        )
+        fraction = hp.forget_fraction if classes is None and indices is None else None
+        return SplitSpec(
+            holdout=hp.holdout,
+            forget_fraction=fraction,
+            forget_classes=classes,
+            retain_fraction=hp.retain_fraction,
+            seed=hp.seed,
+            forget_indices=indices,
+        )
+
+    def resolve_manifest_path(self) -> Path | None:
+        if self.hparams.manifest_path:
+            return Path(self.hparams.manifest_path)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return Path(trainer.default_root_dir) / MANIFEST_NAME
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.manifest is not None:
+            return
+        self.bundle = load_dataset(self.dataset_name, self.hparams.root, self.hparams.download)
+        spec = self.spec
+        path = self.resolve_manifest_path()
+        if path is not None and path.exists():
+            manifest = SplitManifest.load(path)
+            self._check_compatible(manifest, spec, path)
+        else:
+            roles = make_split(self.bundle.pool_targets, self.bundle.num_classes, spec)
+            manifest = SplitManifest(
+                self.dataset_name, self.bundle.fingerprint, spec.describe(), roles
+            )
+            if path is not None and self._is_global_zero():
+                manifest.save(path)
+        self.manifest = manifest
+
+    def _is_global_zero(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is None or trainer.is_global_zero
+
+    def _check_compatible(self, manifest: SplitManifest, spec: SplitSpec, path: Path) -> None:
+        assert self.bundle is not None
+        if manifest.dataset != self.dataset_name or manifest.fingerprint != self.bundle.fingerprint:
+            raise LTUError(
+                f"split manifest {str(path)!r} belongs to dataset {manifest.dataset!r} "
+                f"(fingerprint {manifest.fingerprint}), not to {self.dataset_name!r} ({self.bundle.fingerprint}); "
+                "use that dataset or another --data.manifest_path"
+            )
+        wanted = spec.describe()
+        diff = {
+            k: (manifest.spec.get(k), v) for k, v in wanted.items() if manifest.spec.get(k) != v
+        }
+        if diff:
+            shown = ", ".join(
+                f"{k}: manifest {a!r} vs this run {b!r}" for k, (a, b) in diff.items()
+            )
+            raise LTUError(
+                f"split manifest {str(path)!r} was made with a different split ({shown}); "
+                "use the same data arguments as the stage that wrote it, or another --data.manifest_path"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        self._require_setup()
+        return self.bundle.num_classes  # type: ignore[union-attr]
+
+    @property
+    def manifest_id(self) -> str:
+        self._require_setup()
+        return self.manifest.manifest_id  # type: ignore[union-attr]
+
+    def _require_setup(self) -> None:
+        if self.manifest is None:
+            raise RuntimeError("UnlearningDataModule.setup() has not run yet")
+
+    # -------------------------------------------------------------- datasets
+    def role_dataset(self, role: str, train: bool = False) -> Dataset:
+        """The dataset of one role (``test`` or one of ``ROLES``), with train or eval transforms."""
+        self._require_setup()
+        assert self.bundle is not None and self.manifest is not None
+        transform = build_transforms(
+            self.dataset_name, train, self.hparams.augment, self.hparams.image_size
+        )
+        if role == "test":
+            return self.bundle.with_transform(self.bundle.test, transform)
+        if role not in ROLES:
+            raise LTUError(f"unknown role {role!r}; choose 'test' or one of {', '.join(ROLES)}")
+        base = self.bundle.with_transform(self.bundle.pool, transform)
+        return Subset(base, self.manifest.roles[role].tolist())
+
+    def role_targets(self, role: str) -> Any:
+        self._require_setup()
+        assert self.bundle is not None and self.manifest is not None
+        if role == "test":
+            return self.bundle.test_targets
+        return self.bundle.pool_targets[self.manifest.roles[role]]
+
+    def role_dataloader(
+        self, role: str, train: bool = False, shuffle: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
+        size = batch_size or (self.batch_size if train else self.eval_batch_size)
+        return DataLoader(
+            self.role_dataset(role, train),
+            batch_size=size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @property
+    def retain_role(self) -> str:
+        return "retain_subset" if self.access == "partial" else "remaining"
+
+    # ----------------------------------------------------------- dataloaders
+    @property
+    def val_roles(self) -> list[str]:
+        return ["forget", "holdout_val"] if self.train_on == "unlearn" else ["holdout_val"]
+
+    test_roles = ("test", "forget", "remaining")
+
+    def train_dataloader(self) -> Any:
+        if self.train_on != "unlearn":
+            return self.role_dataloader(self.train_on, train=True, shuffle=True)
+        # One epoch runs over the longer stream, cycling the shorter: with partial access that
+        # is about one pass over D_f, with full access one pass over D_r.
+        return CombinedLoader(
+            {
+                "forget": self.role_dataloader("forget", train=True, shuffle=True),
+                "retain": self.role_dataloader(self.retain_role, train=True, shuffle=True),
+            },
+            mode="max_size_cycle",
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.role_dataloader(role) for role in self.val_roles]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.role_dataloader(role) for role in self.test_roles]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.role_dataloader("test")

@@ -1,0 +1,260 @@
+"""The deterministic split of PROTOCOL.md and its manifest.
+
+Roles are index arrays into the dataset's training split (the *pool*):
+
+- ``holdout_audit`` / ``holdout_val``: the holdout D_h, carved out before pretraining and never
+  trained on, halved into the auditor half (non-members for MI auditors) and the validation half
+  (pretraining validation, stopping, hyperparameter choice);
+- ``train``: D = pool \\ D_h, what the original model trains on;
+- ``forget``: D_f ⊂ D (random fraction, class list, or an explicit index file of pool indices);
+- ``remaining``: D_r = D \\ D_f; ``retain_subset``: D̂_r, a seeded fraction ρ of D_r.
+
+The test split is the dataset's own and is not stored. The manifest (JSON) records the indices,
+the dataset fingerprint, the seed and the spec; its ``manifest_id`` is what checkpoints record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltu_lightning.errors import LTUError
+
+ROLES = ("train", "holdout_audit", "holdout_val", "forget", "remaining", "retain_subset")
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Everything that determines a split (besides the dataset itself)."""
+
+    holdout: float = 1000
+    forget_fraction: float | None = 0.1
+    forget_classes: tuple[int, ...] | None = None
+    forget_index_file: str | None = None
+    retain_fraction: float = 0.1
+    seed: int = 0
+    forget_indices: tuple[int, ...] | None = field(default=None, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The spec as stored in a manifest (the index file is stored by content, not path)."""
+        d = asdict(self)
+        d.pop("forget_index_file")
+        d["forget_classes"] = list(self.forget_classes) if self.forget_classes is not None else None
+        d["forget_indices"] = list(self.forget_indices) if self.forget_indices is not None else None
+        return d
+
+
+def read_index_file(path: str | os.PathLike) -> tuple[int, ...]:
+    """Read pool indices from a ``.json`` list, a ``.npy`` array, or text (one per line / comma)."""
+    p = Path(path)
+    if not p.is_file():
+        raise LTUError(
+            f"forget index file {str(p)!r} does not exist; give a path to a list of pool indices"
+        )
+    try:
+        if p.suffix == ".npy":
+            values = np.load(p, allow_pickle=False).ravel().tolist()
+        elif p.suffix == ".json":
+            values = json.loads(p.read_text())
+        else:
+            values = [tok for tok in p.read_text().replace(",", " ").split() if tok]
+        return tuple(int(v) for v in values)
+    except (ValueError, TypeError) as err:
+        raise LTUError(f"forget index file {str(p)!r} is not a list of integers ({err})") from err
+
+
+def _check_spec(spec: SplitSpec, targets: np.ndarray, num_classes: int) -> None:
+    n = len(targets)
+    given = sum(x is not None for x in (spec.forget_classes, spec.forget_indices))
+    if given == 0 and spec.forget_fraction is None:
+        raise LTUError(
+            "no forget set given: set data.forget_fraction, data.forget_classes or data.forget_index_file"
+        )
+    if spec.forget_fraction is not None and given == 0 and not 0 < spec.forget_fraction < 1:
+        raise LTUError(
+            f"forget_fraction={spec.forget_fraction} is outside (0, 1); use e.g. 0.1 for 10% of the training set"
+        )
+    if spec.forget_classes is not None:
+        bad = sorted({c for c in spec.forget_classes if not 0 <= c < num_classes})
+        if bad:
+            raise LTUError(
+                f"forget_classes {bad} are not in the dataset (classes 0..{num_classes - 1}); pick existing classes"
+            )
+        if not spec.forget_classes:
+            raise LTUError("forget_classes is empty: name at least one class to forget")
+        if len(set(spec.forget_classes)) >= len(set(targets.tolist())):
+            raise LTUError(
+                "forget_classes names every class: nothing would remain; keep at least one class"
+            )
+    if spec.forget_indices is not None:
+        idx = np.asarray(spec.forget_indices, dtype=np.int64)
+        if idx.size == 0:
+            raise LTUError("the forget index file is empty: list at least one pool index")
+        out = idx[(idx < 0) | (idx >= n)]
+        if out.size:
+            raise LTUError(
+                f"forget indices {out[:5].tolist()} are out of range for a pool of {n} samples (valid: 0..{n - 1})"
+            )
+        uniq, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            raise LTUError(
+                f"forget indices {uniq[counts > 1][:5].tolist()} appear more than once; list each index once"
+            )
+    if not 0 < spec.retain_fraction <= 1:
+        raise LTUError(
+            f"retain_fraction={spec.retain_fraction} is outside (0, 1]; use e.g. 0.1 for 10% of the remaining set"
+        )
+    if spec.holdout <= 0:
+        raise LTUError(
+            f"holdout={spec.holdout} must be positive (a count ≥ 2 or a fraction in (0, 1))"
+        )
+
+
+def _holdout_size(holdout: float, n: int) -> int:
+    size = int(round(holdout * n)) if holdout < 1 else int(holdout)
+    if not 2 <= size <= n // 2:
+        raise LTUError(
+            f"holdout={holdout} gives {size} samples out of a pool of {n}; it must be between 2 and half "
+            "the pool: pass a smaller count or a fraction such as 0.2"
+        )
+    return size
+
+
+def make_split(
+    targets: Sequence[int] | np.ndarray, num_classes: int, spec: SplitSpec
+) -> dict[str, np.ndarray]:
+    """Compute all roles from the pool's labels. Deterministic in ``spec`` (including its seed)."""
+    from sklearn.model_selection import train_test_split
+
+    targets = np.asarray(targets, dtype=np.int64)
+    _check_spec(spec, targets, num_classes)
+    rng = np.random.default_rng(spec.seed)
+    pool = np.arange(len(targets))
+
+    # The holdout never contains requested forget indices: those must be in D.
+    fixed_forget = (
+        np.asarray(spec.forget_indices, dtype=np.int64) if spec.forget_indices is not None else None
+    )
+    candidates = np.setdiff1d(pool, fixed_forget) if fixed_forget is not None else pool
+    size = _holdout_size(spec.holdout, len(candidates))
+    stratify = targets[candidates] if np.bincount(targets[candidates]).min(initial=0) >= 2 else None
+    try:
+        train, holdout = train_test_split(
+            candidates, test_size=size, stratify=stratify, random_state=spec.seed
+        )
+    except ValueError:  # too few samples of some class to stratify
+        train, holdout = train_test_split(candidates, test_size=size, random_state=spec.seed)
+    if fixed_forget is not None:
+        train = np.union1d(train, fixed_forget)
+    train = np.sort(train)
+    holdout = rng.permutation(np.sort(holdout))
+    half = len(holdout) // 2
+    holdout_audit, holdout_val = np.sort(holdout[:half]), np.sort(holdout[half:])
+
+    if fixed_forget is not None:
+        forget = np.sort(fixed_forget)
+    elif spec.forget_classes is not None:
+        forget = train[np.isin(targets[train], spec.forget_classes)]
+    else:
+        k = int(round(spec.forget_fraction * len(train)))
+        forget = np.sort(rng.choice(train, size=max(k, 1), replace=False))
+    remaining = np.setdiff1d(train, forget)
+    if len(forget) == 0:
+        raise LTUError(
+            "the forget set is empty for this spec; choose classes/indices present in the training set"
+        )
+    if len(remaining) == 0:
+        raise LTUError(
+            "the forget set covers the whole training set: nothing would remain; forget less"
+        )
+    k = max(1, int(round(spec.retain_fraction * len(remaining))))
+    retain_subset = np.sort(rng.choice(remaining, size=k, replace=False))
+    return {
+        "train": train,
+        "holdout_audit": holdout_audit,
+        "holdout_val": holdout_val,
+        "forget": forget,
+        "remaining": remaining,
+        "retain_subset": retain_subset,
+    }
+
+
+@dataclass
+class SplitManifest:
+    """A saved split: indices per role, the dataset it belongs to, and how it was made."""
+
+    dataset: str
+    fingerprint: str
+    spec: dict[str, Any]
+    roles: dict[str, np.ndarray]
+
+    @property
+    def manifest_id(self) -> str:
+        h = hashlib.sha256()
+        h.update(f"{self.dataset}:{self.fingerprint}".encode())
+        for role in ROLES:
+            h.update(role.encode())
+            h.update(np.asarray(self.roles[role], dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "manifest_id": self.manifest_id,
+            "dataset": self.dataset,
+            "fingerprint": self.fingerprint,
+            "spec": self.spec,
+            "sizes": {role: int(len(self.roles[role])) for role in ROLES},
+            "roles": {role: self.roles[role].tolist() for role in ROLES},
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temp file + rename): a crash never leaves a half-written manifest."""
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SplitManifest:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+            roles = {role: np.asarray(data["roles"][role], dtype=np.int64) for role in ROLES}
+            manifest = cls(data["dataset"], data["fingerprint"], data["spec"], roles)
+        except FileNotFoundError as err:
+            raise LTUError(
+                f"split manifest {str(p)!r} does not exist; run the pretraining stage first or fix the path"
+            ) from err
+        except (ValueError, KeyError, TypeError) as err:
+            raise LTUError(
+                f"split manifest {str(p)!r} is not a valid manifest ({err!r}); delete it to make a new split"
+            ) from err
+        if data.get("manifest_id") not in (None, manifest.manifest_id):
+            raise LTUError(
+                f"split manifest {str(p)!r} was edited: its indices do not match its manifest_id; restore or delete it"
+            )
+        return manifest
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+    """Write JSON to ``path`` through a temp file in the same folder and an atomic rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

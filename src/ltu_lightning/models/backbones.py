@@ -1,0 +1,76 @@
+"""Plain ``nn.Module`` backbones (no Lightning): any other ``nn.Module`` works by ``class_path``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 for 32×32 inputs: torchvision's, with a 3×3 stride-1 first conv and no max-pool."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        net = resnet18(weights=None, num_classes=num_classes)
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and two linear layers: the fmnist5k/mnist5k model (overfits a 3k pool)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        width: int = 32,
+        image_size: int = 28,
+        hidden: int = 128,
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            return layers + [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*block(in_channels, width), *block(width, 2 * width))
+        side = image_size // 4
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * width * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron on flattened inputs (the ``digits`` model)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_features: int = 64,
+        hidden: tuple[int, ...] | list[int] = (256, 256),
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

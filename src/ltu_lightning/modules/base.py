@@ -1,0 +1,115 @@
+"""What every LightningModule of the project shares: an injected backbone, injected optimizer
+and scheduler factories, the split recorded in checkpoints, and a checkpoint callback per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from ltu_lightning.errors import LTUError
+from ltu_lightning.modules.checkpoints import SPLIT_KEY
+
+
+class BaseModule(L.LightningModule):
+    #: metric the stage's ModelCheckpoint keeps the best of, and its direction
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    # ---------------------------------------------------------------- set-up
+    @property
+    def datamodule(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    @property
+    def split_id(self) -> str | None:
+        dm = self.datamodule
+        return (
+            getattr(dm, "manifest_id", None)
+            if dm is not None and getattr(dm, "manifest", None)
+            else None
+        )
+
+    def setup(self, stage: str) -> None:
+        self.check_backbone_fits_data()
+
+    def check_backbone_fits_data(self) -> None:
+        """Fail at set-up, not after an epoch, when the backbone's classes differ from the data's."""
+        dm = self.datamodule
+        if dm is None or not hasattr(dm, "role_dataset"):
+            return
+        x, _ = dm.role_dataset("test")[0]
+        with torch.no_grad():
+            was_training = self.backbone.training
+            self.backbone.eval()
+            try:
+                out = self.backbone(x.unsqueeze(0).to(self.device))
+            except RuntimeError as err:
+                raise LTUError(
+                    f"backbone {type(self.backbone).__name__} cannot take {dm.dataset_name} images of shape "
+                    f"{tuple(x.shape)} ({str(err).splitlines()[0]}); set its in_channels/image_size to the data's"
+                ) from err
+            finally:
+                self.backbone.train(was_training)
+        if out.shape[-1] != dm.num_classes:
+            raise LTUError(
+                f"backbone outputs {out.shape[-1]} classes but {dm.dataset_name} has {dm.num_classes}; "
+                f"set --model.backbone.init_args.num_classes {dm.num_classes}"
+            )
+
+    # ------------------------------------------------------------ optimizers
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.backbone.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
+        }
+
+    # ----------------------------------------------------------- checkpoints
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Best and last checkpoints in ``<default_root_dir>/checkpoints/`` (best = stage monitor)."""
+        if self._trainer is None or not self.trainer.checkpoint_callback:
+            return []
+        dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
+        return [
+            ModelCheckpoint(
+                dirpath=dirpath,
+                filename="best",
+                monitor=self.monitor,
+                mode=self.monitor_mode,
+                save_last=True,
+                enable_version_counter=False,
+                auto_insert_metric_name=False,
+            )
+        ]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        dm = self.datamodule
+        checkpoint[SPLIT_KEY] = {
+            "manifest_id": self.split_id,
+            "dataset": getattr(dm, "dataset_name", None),
+            "num_classes": getattr(dm, "num_classes", None) if self.split_id else None,
+            "backbone": type(self.backbone).__name__,
+        }

@@ -18,7 +18,7 @@ from ltu_lightning.modules.checkpoints import SPLIT_KEY
 
 class BaseModule(L.LightningModule):
     #: metric the stage's ModelCheckpoint keeps the best of, and its direction
-    monitor: str = "val/acc"
+    monitor: str | None = "val/acc"
     monitor_mode: str = "max"
 
     def __init__(

@@ -1,0 +1,181 @@
+"""``LTUModule``: Learning to Unlearn (Huang, Foo, Liu, ECCV 2024) as a LightningModule.
+
+Each training step draws a forget batch and a retain batch (from the retain subset D̂_r under
+partial access), splits each into disjoint support and query halves, and hands them to the
+:class:`~ltu_lightning.optim.MetaHarmonizer` (meta-tune, meta-test, meta-update with gradient
+harmonization). The forgetting feedback comes from K differentiable membership auditors fitted
+on the original model's outputs (members: D̂_r; non-members: the auditor half of the holdout).
+Defaults are this project's, chosen on the validation holdout (see docs/method.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from ltu_lightning.audit import AuditorEnsemble, make_forget_loss
+from ltu_lightning.errors import LTUError
+from ltu_lightning.modules.unlearning import STOP_RULES, Batch, UnlearningModule
+from ltu_lightning.optim import MetaHarmonizer
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=3e-3, momentum=0.9)
+
+
+class LTUModule(UnlearningModule):
+    """LTU unlearning under manual optimization.
+
+    Args:
+        backbone: architecture of the original model.
+        original_ckpt: the original model's checkpoint (``ClassifierModule``).
+        num_classes: number of classes (for the ``random_label`` forgetting loss).
+        optimizer: outer optimizer factory (lr β). Default SGD(lr=3e-3, momentum=0.9).
+        lr_scheduler: optional scheduler factory, stepped each epoch.
+        forget_loss: ``mi`` (membership auditors, default), ``neg_ce``, ``random_label``,
+            ``uniform_kl``.
+        num_auditors: K, the number of membership auditors.
+        auditor_features: one feature list per auditor (default: log-domain sets).
+        auditor_epochs: training epochs of each auditor (full batch).
+        refit_every: refit the auditors on the current model every N steps (0 = never).
+        inner_lr: α, the meta-tune (inner) learning rate.
+        inner_steps: number of inner steps.
+        meta_order: 1 (first-order, default) or 2 (exact second-order meta-gradient).
+        meta: False runs the ablation "harmonized joint descent on the supports".
+        query_weight: λ_q, weight of the meta-test (query) losses.
+        forget_weight: w_f, weight of the forgetting objective.
+        harmonization: ``symmetric``, ``protect_remember`` or ``none``.
+        granularity: ``global`` (whole flattened gradients) or ``per_parameter``.
+        balance: ``none`` or ``clip`` (rescale g_f to at most ``balance_c``·‖g_r‖).
+        balance_c: the clip factor c.
+        bn_mode: ``eval`` freezes BatchNorm running statistics during unlearning; ``train``.
+        stop_rule: ``criterion`` (default), ``audit`` (stop when the auditors score D_f no
+            higher than unseen data) or ``budget``.
+        seed: seed of the auditors and of the ``random_label`` loss.
+    """
+
+    stop_rules = (*STOP_RULES, "audit")
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        original_ckpt: str | None = None,
+        num_classes: int = 10,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        forget_loss: str = "mi",
+        num_auditors: int = 3,
+        auditor_features: Sequence[Sequence[str]] | None = None,
+        auditor_epochs: int = 300,
+        refit_every: int = 0,
+        inner_lr: float = 0.1,
+        inner_steps: int = 1,
+        meta_order: int = 1,
+        meta: bool = True,
+        query_weight: float = 1.0,
+        forget_weight: float = 1.0,
+        harmonization: str = "symmetric",
+        granularity: str = "global",
+        balance: str = "none",
+        balance_c: float = 10.0,
+        bn_mode: str = "eval",
+        stop_rule: str = "criterion",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(backbone, original_ckpt, optimizer, lr_scheduler, stop_rule)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        self.automatic_optimization = False
+        if refit_every < 0:
+            raise LTUError(f"refit_every={refit_every} must be >= 0 (0 = never refit the auditors)")
+        self.auditors = AuditorEnsemble(
+            num_auditors=num_auditors,
+            feature_sets=auditor_features,
+            epochs=auditor_epochs,
+            seed=seed,
+        )
+        self.forget_objective = make_forget_loss(forget_loss, num_classes, self.auditors, seed=seed)
+        self.harmonizer_kwargs = dict(
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            meta_order=meta_order,
+            meta=meta,
+            query_weight=query_weight,
+            forget_weight=forget_weight,
+            harmonization=harmonization,
+            granularity=granularity,
+            balance=balance,
+            balance_c=balance_c,
+            bn_mode=bn_mode,
+        )
+        # Validate the harmonizer's switches at construction, not at the first step.
+        MetaHarmonizer(
+            backbone, torch.optim.SGD(backbone.parameters(), lr=0.0), **self.harmonizer_kwargs
+        )
+        self.harmonizer: MetaHarmonizer | None = None
+
+    # ---------------------------------------------------------------- set-up
+    def on_fit_start(self) -> None:
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            raise LTUError(
+                f"LTUModule writes its own gradients and does not support precision={precision!r} "
+                "(fp16 loss scaling); use bf16-mixed or 32-true"
+            )
+        super().on_fit_start()
+        if not self.auditors.is_fitted:
+            self.fit_auditors()
+        self.harmonizer = MetaHarmonizer(self.backbone, self.optimizers(), **self.harmonizer_kwargs)
+
+    def fit_auditors(self) -> None:
+        """Fit the K auditors on the current model: members D̂_r, non-members the auditor half."""
+        member_logits, member_y = self.role_logits("retain_subset")
+        non_logits, non_y = self.role_logits("holdout_audit")
+        self.auditors.fit(member_logits, member_y, non_logits, non_y)
+
+    # ------------------------------------------------------------- training
+    def remember_loss(self, forward: Any, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(forward(x), y)
+
+    def forget_loss(self, forward: Any, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return self.forget_objective(forward(x).float(), y)
+
+    def training_step(self, batch: dict[str, Batch], batch_idx: int) -> None:
+        assert self.harmonizer is not None
+        support_f, query_f = self.split_support_query(batch["forget"])
+        support_r, query_r = self.split_support_query(batch["retain"])
+        stats = self.harmonizer.step(
+            self.remember_loss, self.forget_loss, support_r, query_r, support_f, query_f
+        )
+        for key, value in stats.items():
+            if value != value or value in (float("inf"), float("-inf")):
+                raise LTUError(
+                    f"LTU step {self.global_step} produced a non-finite {key}; lower the learning rates "
+                    "(optimizer lr, inner_lr) or set balance: clip"
+                )
+        self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=len(support_f[1]))
+        refit = self.hparams.refit_every
+        if refit and (self.global_step + 1) % refit == 0:
+            self.fit_auditors()
+
+    # ----------------------------------------------------------- validation
+    def log_validation(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().log_validation(outputs)
+        if not self.auditors.is_fitted:
+            return
+        with torch.no_grad():
+            audit_forget = self.auditors.mean_member_prob(*outputs["forget"]).item()
+            audit_val = self.auditors.mean_member_prob(*outputs["holdout_val"]).item()
+        self.log_dict({"val/audit_forget": audit_forget, "val/audit_val": audit_val})
+        if (
+            self.stop_rule == "audit"
+            and not self.trainer.sanity_checking
+            and audit_forget <= audit_val
+        ):
+            self.trainer.should_stop = True

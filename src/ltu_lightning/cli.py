@@ -8,6 +8,7 @@ LightningCLI flag works (``--print_config``, ``--model.help ClassifierModule``, 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
@@ -18,6 +19,8 @@ import ltu_lightning.modules  # noqa: F401  (registers the modules for short cla
 from ltu_lightning.errors import LTUError
 
 EXTRA_SUBCOMMANDS = ("evaluate", "benchmark")
+# ``evaluate``/``benchmark`` hand LightningCLI their own argument lists on purpose.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 
 class LTUCLI(LightningCLI):
@@ -31,7 +34,8 @@ class LTUCLI(LightningCLI):
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
 
-def run(args: list[str]) -> None:
+def run(args: list[str], from_argv: bool = False) -> None:
+    """Dispatch to ``evaluate``/``benchmark`` or LightningCLI (``args=None`` reads sys.argv)."""
     if args and args[0] in EXTRA_SUBCOMMANDS:
         if args[0] == "evaluate":
             from ltu_lightning.evaluation.cli import evaluate_main
@@ -42,14 +46,14 @@ def run(args: list[str]) -> None:
 
             benchmark_main(args[1:])
         return
-    LTUCLI(args=args)
+    LTUCLI(args=None if from_argv else args)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ltu`` console script: user errors become one line and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        run(args)
+        run(args, from_argv=argv is None)
     except LTUError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -200,13 +200,18 @@ def load_torchvision(name: str, root: str, download: bool) -> DatasetBundle:
             }[name]
             pool = cls(root, train=True, download=download)
             test = cls(root, train=False, download=download)
-    except (RuntimeError, FileNotFoundError) as err:
-        hint = (
-            "pass --data.download true to fetch it"
-            if name != "imagefolder"
-            else ("create ROOT/train/<class>/ and ROOT/test/<class>/ image folders")
-        )
-        raise LTUError(f"dataset {name!r} not found under root={root!r} ({err}); {hint}") from err
+    except (RuntimeError, OSError) as err:  # OSError: FileNotFoundError, URLError (no network)
+        # torchvision's messages can span lines (MNIST lists every mirror it tried): keep one.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if name == "imagefolder":
+            hint = "create ROOT/train/<class>/ and ROOT/test/<class>/ image folders"
+        elif download:
+            hint = "downloading it failed (no network?); put the dataset files under root by hand"
+        else:
+            hint = "pass --data.download true to fetch it"
+        raise LTUError(
+            f"dataset {name!r} not found under root={root!r} ({reason}); {hint}"
+        ) from err
     y_pool, y_test = _targets_of(pool), _targets_of(test)
     sample = ",".join(str(pool[i][0].size) for i in np.linspace(0, len(pool) - 1, 4).astype(int))
     return DatasetBundle(

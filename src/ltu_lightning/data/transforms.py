@@ -10,6 +10,8 @@ from ltu_lightning.data.datasets import STATS
 # Datasets whose standard recipe augments (random crop + flip); the small grey-scale sets are
 # trained without augmentation so the original model overfits as real models do.
 AUGMENTED_BY_DEFAULT = ("cifar10", "cifar100", "svhn", "imagefolder")
+# Datasets of digits: never mirrored, even when augmentation is requested (a flipped 2 is no 2).
+DIGITS = ("svhn", "mnist", "mnist5k", "digits")
 
 
 def build_transforms(
@@ -24,7 +26,7 @@ def build_transforms(
         size = image_size or (32 if dataset in ("cifar10", "cifar100", "svhn") else None)
         if size is not None:
             steps.append(v2.RandomCrop(size, padding=size // 8))
-        if dataset != "svhn":  # digits are not mirror-symmetric
+        if dataset not in DIGITS:  # digits are not mirror-symmetric
             steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if dataset == "imagefolder":

@@ -89,21 +89,22 @@ class BaseModule(L.LightningModule):
 
     # ----------------------------------------------------------- checkpoints
     def configure_callbacks(self) -> list[L.Callback]:
-        """Best and last checkpoints in ``<default_root_dir>/checkpoints/`` (best = stage monitor)."""
+        """``<default_root_dir>/checkpoints/``: ``last.ckpt`` every epoch, ``best.ckpt`` by the
+        stage's monitor. Two callbacks, because Lightning ≥ 2.6 writes ``save_last`` only in
+        epochs where the monitored checkpoint improved."""
         if self._trainer is None or not self.trainer.checkpoint_callback:
             return []
         dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
-        return [
-            ModelCheckpoint(
-                dirpath=dirpath,
-                filename="best",
-                monitor=self.monitor,
-                mode=self.monitor_mode,
-                save_last=True,
-                enable_version_counter=False,
-                auto_insert_metric_name=False,
+        common = dict(dirpath=dirpath, enable_version_counter=False, auto_insert_metric_name=False)
+        callbacks: list[L.Callback] = [ModelCheckpoint(filename="last", save_top_k=1, **common)]
+        if self.monitor is not None:
+            callbacks.insert(
+                0,
+                ModelCheckpoint(
+                    filename="best", monitor=self.monitor, mode=self.monitor_mode, **common
+                ),
             )
-        ]
+        return callbacks
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         dm = self.datamodule

@@ -1,0 +1,127 @@
+"""Forgetting losses ``L_f``: one signature, ``loss(logits, targets) -> scalar``.
+
+Minimizing any of them on forget samples makes the model forget them; they differ in *what*
+"forgotten" means. ``mi`` (LTU's default) asks that the samples look like non-members to the
+frozen membership auditors, which is what a retrained model shows; the other three are the
+classic alternatives, better suited to class-wise forgetting where a retrained model does not
+recognise the class at all. None of them has a natural end point: the stop rule decides when
+to stop (see ``LTU_METHOD.md``, "Knowing when to stop").
+
+They are plain callables, not ``nn.Module``: the auditors belong to the LightningModule that
+owns them (and its checkpoint), not to the loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ltu_lightning.audit.auditors import AuditorEnsemble
+from ltu_lightning.errors import LTUError
+
+FORGET_LOSSES: tuple[str, ...] = ("mi", "neg_ce", "random_label", "uniform_kl")
+
+
+class MILoss:
+    """``mean_k BCE(M_k(features), 0)``: push forget samples to look like non-members.
+
+    Computed as ``softplus(member_logit)`` (= BCE with target 0), which is exact where the
+    auditor is very sure. Gradients flow into ``logits`` only (the auditors are frozen).
+    """
+
+    name = "mi"
+
+    def __init__(self, ensemble: AuditorEnsemble) -> None:
+        if not isinstance(ensemble, AuditorEnsemble):
+            raise LTUError(
+                f"the 'mi' forget loss needs an AuditorEnsemble, got {type(ensemble).__name__}"
+            )
+        self.ensemble = ensemble
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.softplus(self.ensemble.member_logits(logits, targets)).mean()
+
+
+class NegCELoss:
+    """``-CE(logits, targets)``: gradient ascent on the forget samples.
+
+    Unbounded below (it rewards ever more confident mistakes), so it relies on the stop rule.
+    """
+
+    name = "neg_ce"
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return -F.cross_entropy(logits.float(), targets)
+
+
+class RandomLabelLoss:
+    """``CE(logits, r)`` with ``r`` a random label different from the true one.
+
+    ``r = (y + U{1..C-1}) mod C``, uniform over the wrong classes and never ``y``. A fresh
+    ``r`` is drawn on every call from the loss's own CPU generator (seeded by ``seed``), so the
+    model is pushed away from ``y`` without being taught a fixed wrong mapping, and the global
+    RNG stream (data order, augmentations) is left untouched.
+    """
+
+    name = "random_label"
+
+    def __init__(self, num_classes: int, seed: int = 0) -> None:
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise LTUError(f"random_label needs num_classes >= 2, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample_labels(self, targets: Tensor) -> Tensor:
+        """Draw one wrong label per target (advances the generator)."""
+        shift = torch.randint(1, self.num_classes, targets.shape, generator=self.generator)
+        return (targets.cpu().long() + shift).remainder(self.num_classes).to(targets.device)
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), self.sample_labels(targets))
+
+
+class UniformKLLoss:
+    """``KL(uniform || softmax(logits))``, averaged over samples: make predictions uniform.
+
+    Zero exactly at uniform predictions. Its logit gradient is ``(p - 1/C) / N``, bounded,
+    so unlike ``neg_ce`` it saturates instead of running away.
+    """
+
+    name = "uniform_kl"
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        log_p = F.log_softmax(logits.float(), dim=1)
+        c = log_p.shape[1]
+        return (-math.log(c) - log_p.mean(dim=1)).mean()
+
+
+ForgetLoss = MILoss | NegCELoss | RandomLabelLoss | UniformKLLoss
+
+
+def make_forget_loss(
+    name: str,
+    num_classes: int,
+    auditors: AuditorEnsemble | None = None,
+    seed: int = 0,
+) -> ForgetLoss:
+    """Build the forgetting loss named by the ``forget_loss`` switch.
+
+    ``auditors`` is required for ``"mi"`` (fitted before the first call); ``seed`` feeds
+    ``random_label``'s generator.
+    """
+    if name not in FORGET_LOSSES:
+        raise LTUError(f"unknown forget_loss {name!r}: choose from {', '.join(FORGET_LOSSES)}")
+    if name == "mi":
+        if auditors is None:
+            raise LTUError(
+                "forget_loss 'mi' needs membership auditors: pass auditors=AuditorEnsemble(...)"
+            )
+        return MILoss(auditors)
+    if name == "neg_ce":
+        return NegCELoss()
+    if name == "random_label":
+        return RandomLabelLoss(num_classes, seed=seed)
+    return UniformKLLoss()

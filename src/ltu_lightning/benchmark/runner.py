@@ -1,0 +1,220 @@
+"""``ltu benchmark``: original, retrain, LTU and the baselines on one split per seed, evaluated.
+
+Every stage is the same ``ltu fit --config <stage yaml>`` a user would run by hand, with the
+seed, the split manifest and the output folder set per seed. The original and retrained models
+(and each stage's metrics) are reused when their checkpoint and metrics already exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ltu_lightning.data.splits import write_json_atomic
+from ltu_lightning.errors import LTUError
+from ltu_lightning.evaluation.cli import evaluate_checkpoint
+from ltu_lightning.evaluation.metrics import avg_gap
+
+REFERENCE_STAGES = ("original", "retrain")
+
+
+@dataclass
+class MethodSpec:
+    """One row of the table: ``key`` is ``<method>:<access>`` (e.g. ``ltu:partial``)."""
+
+    key: str
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def access(self) -> str | None:
+        return self.key.split(":", 1)[1] if ":" in self.key else None
+
+    @property
+    def folder(self) -> str:
+        return self.key.replace(":", "_")
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, float]
+    time_s: float
+    best_score: float | None = None
+
+
+@contextmanager
+def _quiet_lightning():
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    levels = [logging.getLogger(n).level for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, level in zip(names, levels, strict=True):
+            logging.getLogger(n).setLevel(level)
+
+
+def run_stage(
+    config: str,
+    root: Path,
+    seed: int,
+    manifest: Path,
+    overrides: Sequence[str],
+    original_ckpt: Path | None = None,
+) -> StageResult:
+    """``ltu fit`` one stage into ``root``, then evaluate its selected checkpoint."""
+    from ltu_lightning.cli import LTUCLI
+
+    args = [
+        "fit",
+        "--config",
+        config,
+        "--seed_everything",
+        str(seed),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--data.init_args.seed",
+        str(seed),
+        "--data.init_args.manifest_path",
+        str(manifest),
+    ]
+    if original_ckpt is not None:
+        args += ["--model.init_args.original_ckpt", str(original_ckpt)]
+    args += list(overrides)
+    with _quiet_lightning():
+        start = time.perf_counter()
+        cli = LTUCLI(args=args)
+        elapsed = time.perf_counter() - start
+        best = root / "checkpoints" / "best.ckpt"
+        chosen = (
+            best
+            if getattr(cli.model, "stop_rule", None) == "criterion" and best.exists()
+            else (root / "checkpoints" / "last.ckpt")
+        )
+        score = next(
+            (
+                cb.best_model_score
+                for cb in cli.trainer.checkpoint_callbacks
+                if getattr(cb, "monitor", None) and cb.best_model_score is not None
+            ),
+            None,
+        )
+        metrics = evaluate_checkpoint(cli.model, cli.datamodule, str(chosen), seed=seed)
+    metrics["time_s"] = elapsed
+    result = StageResult(metrics, elapsed, float(score) if score is not None else None)
+    write_json_atomic(
+        root / "metrics.json",
+        {
+            "metrics": metrics,
+            "time_s": elapsed,
+            "best_score": result.best_score,
+            "checkpoint": str(chosen),
+        },
+    )
+    return result
+
+
+def _cached(root: Path) -> StageResult | None:
+    path = root / "metrics.json"
+    if not (path.is_file() and (root / "checkpoints" / "last.ckpt").is_file()):
+        return None
+    data = json.loads(path.read_text())
+    return StageResult(data["metrics"], data["time_s"], data.get("best_score"))
+
+
+@dataclass
+class Benchmark:
+    """A benchmark definition (the YAML under ``configs/benchmark/``)."""
+
+    name: str
+    original: str
+    retrain: str
+    methods: list[MethodSpec]
+    seeds: list[int]
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+
+    def run(self, progress: Callable[[str], None] = print) -> dict[int, dict[str, StageResult]]:
+        results: dict[int, dict[str, StageResult]] = {}
+        stages = len(REFERENCE_STAGES) + len(self.methods)
+        for seed in self.seeds:
+            root = self.out / f"seed_{seed}"
+            manifest = root / "split_manifest.json"
+            per_seed: dict[str, StageResult] = {}
+            for i, (key, config) in enumerate(
+                (("original", self.original), ("retrain", self.retrain))
+            ):
+                cached = _cached(root / key) if manifest.exists() else None
+                if cached is not None:
+                    progress(
+                        f"[seed {seed}] {i + 1}/{stages} {key}: reusing {root / key} ({cached.time_s:.1f}s)"
+                    )
+                    per_seed[key] = cached
+                    continue
+                progress(f"[seed {seed}] {i + 1}/{stages} {key}: training ...")
+                per_seed[key] = run_stage(config, root / key, seed, manifest, self.overrides)
+                progress(
+                    f"[seed {seed}] {i + 1}/{stages} {key}: done in {per_seed[key].time_s:.1f}s "
+                    f"(TA {per_seed[key].metrics['TA']:.1f})"
+                )
+            original_ckpt = root / "original" / "checkpoints" / "last.ckpt"
+            for j, method in enumerate(self.methods):
+                n = len(REFERENCE_STAGES) + j + 1
+                progress(f"[seed {seed}] {n}/{stages} {method.key}: unlearning ...")
+                result = run_stage(
+                    method.config,
+                    root / method.folder,
+                    seed,
+                    manifest,
+                    [*self.overrides, *method.overrides],
+                    original_ckpt,
+                )
+                per_seed[method.key] = result
+                gap = avg_gap(result.metrics, per_seed["retrain"].metrics)
+                progress(
+                    f"[seed {seed}] {n}/{stages} {method.key}: done in {result.time_s:.1f}s "
+                    f"(Avg.Gap {gap:.2f}, TA {result.metrics['TA']:.1f})"
+                )
+            results[seed] = per_seed
+        return results
+
+
+def load_benchmark(cfg: Any) -> Benchmark:
+    """Build a :class:`Benchmark` from the parsed ``ltu benchmark`` configuration."""
+    seeds = list(range(cfg.seeds)) if isinstance(cfg.seeds, int) else list(cfg.seeds)
+    if not seeds:
+        raise LTUError("no seeds to run: pass --seeds N (N ≥ 1) or a list of seeds")
+    methods = []
+    for m in cfg.methods:
+        m = dict(m)
+        if "key" not in m or "config" not in m:
+            raise LTUError(f"benchmark method {m!r} needs 'key' and 'config'")
+        methods.append(MethodSpec(m["key"], m["config"], list(m.get("overrides") or [])))
+    keys = [m.key for m in methods]
+    if len(set(keys)) != len(keys) or set(keys) & set(REFERENCE_STAGES):
+        raise LTUError(f"benchmark method keys must be unique and not 'original'/'retrain': {keys}")
+    for path in [cfg.original, cfg.retrain, *(m.config for m in methods)]:
+        if not Path(path).is_file():
+            raise LTUError(
+                f"stage config {path!r} does not exist; fix the path in the benchmark config"
+            )
+    return Benchmark(
+        cfg.name,
+        cfg.original,
+        cfg.retrain,
+        methods,
+        seeds,
+        Path(cfg.out),
+        list(cfg.overrides or []),
+    )

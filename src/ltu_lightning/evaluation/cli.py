@@ -1,0 +1,72 @@
+"""``ltu evaluate``: the protocol's metrics for one checkpoint on one split manifest.
+
+    ltu evaluate --config configs/unlearn/ltu_fmnist5k.yaml \
+        --ckpt_path runs/fmnist5k/ltu/checkpoints/best.ckpt [--reference retrain.json] [--output m.json]
+
+The model and data come from the same YAML as ``ltu fit``; the data module loads the split
+manifest and refuses a checkpoint trained on another split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ltu_lightning.data.splits import write_json_atomic
+from ltu_lightning.errors import LTUError
+from ltu_lightning.evaluation.metrics import avg_gap
+from ltu_lightning.evaluation.protocol import evaluate_unlearning, verdict
+from ltu_lightning.modules.checkpoints import load_backbone_weights
+
+
+def evaluate_checkpoint(
+    model, datamodule, ckpt_path: str | None, seed: int = 0
+) -> dict[str, float]:
+    """Load ``ckpt_path`` into ``model.backbone`` (split checked) and evaluate it."""
+    datamodule.setup("test")
+    backbone = getattr(model, "backbone", model)
+    if ckpt_path:
+        load_backbone_weights(backbone, ckpt_path, datamodule.manifest_id)
+    return evaluate_unlearning(backbone, datamodule, seed=seed)
+
+
+def evaluate_main(args: list[str]) -> None:
+    from ltu_lightning.cli import LTUCLI
+
+    class EvaluateCLI(LTUCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
+            parser.add_argument(
+                "--ckpt_path",
+                type=str | None,
+                default=None,
+                help="checkpoint to evaluate (default: the model's initial weights)",
+            )
+            parser.add_argument(
+                "--reference",
+                type=str | None,
+                default=None,
+                help="metrics JSON of the retrained model, for Avg.Gap",
+            )
+            parser.add_argument(
+                "--output", type=str | None, default=None, help="write the metrics JSON here"
+            )
+
+    cli = EvaluateCLI(args=args, run=False)
+    cfg = cli.config
+    metrics = evaluate_checkpoint(
+        cli.model, cli.datamodule, cfg.ckpt_path, seed=cfg.seed_everything or 0
+    )
+    reference = None
+    if cfg.reference:
+        try:
+            reference = json.loads(Path(cfg.reference).read_text())
+        except (OSError, ValueError) as err:
+            raise LTUError(
+                f"cannot read reference metrics {cfg.reference!r} ({err}); pass a JSON written by ltu evaluate --output"
+            ) from err
+        metrics["avg_gap"] = avg_gap(metrics, reference)
+    for key, value in metrics.items():
+        print(f"{key:>22}: {value:.4f}")
+    print(verdict(metrics, reference))
+    if cfg.output:
+        write_json_atomic(cfg.output, metrics)

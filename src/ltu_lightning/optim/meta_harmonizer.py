@@ -1,0 +1,333 @@
+"""The meta-harmonizer: one LTU step (meta-tune, meta-test, meta-update) on any optimizer.
+
+Plain torch, no Lightning: the LTU LightningModule calls :meth:`MetaHarmonizer.step` from
+``training_step`` under manual optimization, and any other two-objective method can do the same.
+See ``LTU_METHOD.md``, sections "One LTU step", "Gradient Harmonization", "Multi-process rule".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.modules.batchnorm import _NormBase
+
+from ltu_lightning.errors import LTUError
+from ltu_lightning.optim.harmonize import (
+    GRANULARITIES,
+    MODES,
+    _dot,
+    _stats_tensor,
+    balance_clip,
+    check_choice,
+    harmonize,
+)
+
+Forward = Callable[[Any], Tensor]
+"""``forward(x) -> logits``: the model run with one given set of weights."""
+LossFn = Callable[[Forward, Any], Tensor]
+"""``loss(forward, batch) -> scalar``: a closure, so the harmonizer can evaluate it at θ and θ'."""
+
+_LossesAt = Callable[[Sequence[Tensor], dict[str, Tensor], Any, Any], tuple[Tensor, Tensor]]
+
+BALANCES = ("none", "clip")
+BN_MODES = ("eval", "train")
+
+
+class SupportsStep(Protocol):
+    """An optimizer: ``torch.optim.Optimizer``, Lightning's ``LightningOptimizer``, ..."""
+
+    def step(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def _grads(
+    loss: Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+) -> list[Tensor]:
+    """``d loss / d inputs``, zeros for inputs the loss does not use.
+
+    ``torch.autograd.grad`` rather than ``backward``: nothing accumulates into ``.grad`` and no
+    DDP reducer hook fires, so the harmonizer alone decides what the optimizer sees.
+    """
+    if not loss.requires_grad:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(
+        loss, inputs, create_graph=create_graph, retain_graph=retain_graph, materialize_grads=True
+    )
+    return list(grads)
+
+
+def _scalar(loss: Tensor, name: str) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise LTUError(f"{name} must return a scalar tensor (reduce it, e.g. mean); got {shape}")
+    return loss
+
+
+@contextlib.contextmanager
+def _frozen_norm_stats(model: nn.Module) -> Iterator[None]:
+    """Put the normalization layers with running statistics in eval mode, then restore."""
+    layers = [m for m in model.modules() if isinstance(m, _NormBase)]
+    flags = [m.training for m in layers]
+    for m in layers:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, flags, strict=True):
+            m.train(flag)
+
+
+class MetaHarmonizer:
+    """Computes the harmonized LTU gradient, writes it into ``.grad`` and steps ``optimizer``.
+
+    One :meth:`step` (``meta=True``):
+
+    1. meta-tune: ``θ' = θ - inner_lr * H(∇L_r(θ;S_r), ∇L_f(θ;S_f))``, ``inner_steps`` times
+       (each at the current fast weights, on the same supports). Fast weights are functional
+       (``torch.func.functional_call``); the model's parameters are never overwritten.
+    2. meta-test: ``L_r(θ';Q_r)`` and ``L_f(θ';Q_f)``.
+    3. meta-update: ``g_r = ∇[L_r(θ;S_r) + λ_q L_r(θ';Q_r)]``,
+       ``g_f = ∇[w_f (L_f(θ;S_f) + λ_q L_f(θ';Q_f))]``, ``g = H(g_r, balance(g_f))`` into
+       ``.grad``, then ``optimizer.step()``. ``meta_order=2`` differentiates through θ'
+       (``create_graph=True``); ``meta_order=1`` treats θ' as a constant, i.e. applies the
+       query gradients taken at θ' to θ.
+
+    ``H`` (balancing then projection) is the same in the inner and the outer step;
+    ``forget_weight`` scales only the outer forgetting objective, as in LTU_METHOD.md.
+    ``meta=False`` is the ablation: harmonized joint descent ``H(∇L_r(θ;S_r), ∇w_f L_f(θ;S_f))``,
+    query batches unused (they may be ``None``).
+
+    ``bn_mode``: ``"eval"`` (default) runs the layers with running statistics (BatchNorm,
+    tracked InstanceNorm) in eval mode during the step and restores their flags afterwards, so
+    forget batches never leak into the running statistics. ``"train"`` leaves the layers in their
+    current mode: in train mode they normalize with batch statistics, and only the forwards at θ
+    (one on S_r and one on S_f per step, like a joint-descent step) update the running
+    statistics; forwards at fast weights (inner steps after the first, the queries) update a
+    throwaway copy, because θ' is not the model being trained.
+
+    ``sync_grads``: under an initialized ``torch.distributed`` with more than one rank, the
+    inner gradients and the outer ``g_r`` and ``g_f`` are each averaged across ranks as one
+    flattened bucket (one ``all_reduce`` each) *before* harmonizing, since projection is not
+    linear: N ranks on equal shards of a batch compute the same step as one process on the
+    whole batch (with mean-reduced losses). For ``meta_order=2`` the inner all-reduce is
+    differentiable, so its backward is a collective as well; every rank must call :meth:`step`
+    the same number of times. Pass the plain module, not a DDP wrapper (a DDP wrapper around
+    it, as Lightning's DDP strategy makes, is harmless: no reducer hook fires). Batch
+    statistics in ``bn_mode="train"`` stay per rank unless the model uses ``SyncBatchNorm``.
+
+    Under Lightning, use a ``32-true`` or ``bf16-mixed`` precision: ``16-mixed`` steps through
+    a ``GradScaler`` that would unscale gradients this class never scaled.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: SupportsStep,
+        *,
+        inner_lr: float = 0.1,
+        inner_steps: int = 1,
+        meta_order: int = 1,
+        meta: bool = True,
+        query_weight: float = 1.0,
+        forget_weight: float = 1.0,
+        harmonization: str = "symmetric",
+        granularity: str = "global",
+        balance: str = "none",
+        balance_c: float = 10.0,
+        eps: float = 1e-12,
+        bn_mode: str = "eval",
+        sync_grads: bool = True,
+    ) -> None:
+        check_choice("harmonization", harmonization, MODES)
+        check_choice("granularity", granularity, GRANULARITIES)
+        check_choice("balance", balance, BALANCES)
+        check_choice("bn_mode", bn_mode, BN_MODES)
+        check_choice("meta_order", meta_order, (1, 2))
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise LTUError(f"inner_steps must be an integer >= 1; got {inner_steps!r}")
+        for name, value in (
+            ("inner_lr", inner_lr),
+            ("query_weight", query_weight),
+            ("forget_weight", forget_weight),
+        ):
+            if not value >= 0:
+                raise LTUError(f"{name} must be >= 0; got {value!r}")
+        for name, value in (("balance_c", balance_c), ("eps", eps)):
+            if not value > 0:
+                raise LTUError(f"{name} must be > 0; got {value!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.meta_order = meta_order
+        self.meta = meta
+        self.query_weight = query_weight
+        self.forget_weight = forget_weight
+        self.harmonization = harmonization
+        self.granularity = granularity
+        self.balance = balance
+        self.balance_c = balance_c
+        self.eps = eps
+        self.bn_mode = bn_mode
+        self.sync_grads = sync_grads
+
+    def step(
+        self,
+        remember_loss: LossFn,
+        forget_loss: LossFn,
+        support_r: Any,
+        query_r: Any,
+        support_f: Any,
+        query_f: Any,
+    ) -> dict[str, float]:
+        """Run one LTU step and return its statistics as floats.
+
+        Keys: ``loss_r_support``, ``loss_f_support`` (at θ, forget loss without
+        ``forget_weight``), ``loss_r_query``, ``loss_f_query`` (at θ'; absent when
+        ``meta=False``), ``cos`` and ``conflict`` (1.0/0.0) of ``g_r`` and ``g_f`` after the
+        cross-rank average and before balancing/harmonization, their norms ``norm_r`` and
+        ``norm_f``, and ``norm_update`` (the norm of the gradient written into ``.grad``).
+        """
+        if self.meta and (query_r is None or query_f is None):
+            raise LTUError("meta=True needs the query batches query_r and query_f; got None")
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise LTUError("the model has no parameter with requires_grad=True")
+        names, params = [n for n, _ in named], [p for _, p in named]
+        buffers = dict(self.model.named_buffers())
+
+        def losses_at(
+            weights: Sequence[Tensor], state: dict[str, Tensor], batch_r: Any, batch_f: Any
+        ) -> tuple[Tensor, Tensor]:
+            """``(L_r, L_f)`` of the model with ``weights`` and buffers ``state``."""
+            params_and_buffers = {**dict(zip(names, weights, strict=True)), **state}
+
+            def forward(x: Any) -> Tensor:
+                return functional_call(self.model, params_and_buffers, (x,))
+
+            return (
+                _scalar(remember_loss(forward, batch_r), "remember_loss"),
+                _scalar(forget_loss(forward, batch_f), "forget_loss"),
+            )
+
+        world = self._world_size()
+        frozen = (
+            _frozen_norm_stats(self.model) if self.bn_mode == "eval" else contextlib.nullcontext()
+        )
+        with frozen:
+            if self.meta:
+                g_r, g_f, losses = self._meta_gradients(
+                    losses_at, params, buffers, world, (support_r, support_f), (query_r, query_f)
+                )
+            else:
+                l_r, l_f = losses_at(params, buffers, support_r, support_f)
+                g_r, g_f = _grads(l_r, params), _grads(self.forget_weight * l_f, params)
+                losses = [l_r, l_f]
+        g_r, g_f = _all_reduce_mean(g_r, world), _all_reduce_mean(g_f, world)
+        stats = _stats_tensor(g_r, g_f)
+        update = self._harmonize(g_r, g_f)
+        values = torch.cat(
+            [
+                torch.stack([loss.detach().to(stats.dtype) for loss in losses]),
+                stats,
+                _dot(update, update).sqrt().detach().reshape(1),
+            ]
+        )
+        with torch.no_grad():
+            for p, g in zip(params, update, strict=True):
+                if p.grad is None:
+                    p.grad = g.detach().to(p.dtype)
+                else:
+                    p.grad.copy_(g)
+        self.optimizer.step()
+        keys = ["loss_r_support", "loss_f_support"]
+        keys += ["loss_r_query", "loss_f_query"] if self.meta else []
+        keys += ["cos", "conflict", "norm_r", "norm_f", "norm_update"]
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def _world_size(self) -> int:
+        if self.sync_grads and dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+        return 1
+
+    def _harmonize(self, g_r: list[Tensor], g_f: list[Tensor]) -> list[Tensor]:
+        """``H``: optional balancing of ``g_f``, then the projection."""
+        if self.balance == "clip":
+            g_f = balance_clip(g_r, g_f, self.balance_c, self.eps)
+        return harmonize(g_r, g_f, self.harmonization, self.granularity, self.eps)
+
+    def _meta_gradients(
+        self,
+        losses_at: _LossesAt,
+        params: list[Tensor],
+        buffers: dict[str, Tensor],
+        world: int,
+        support: tuple[Any, Any],
+        query: tuple[Any, Any],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Outer ``g_r``, ``g_f`` (before the cross-rank average) and the four losses."""
+        second = self.meta_order == 2
+        fast_buffers = (
+            buffers if self.bn_mode == "eval" else {k: b.clone() for k, b in buffers.items()}
+        )
+        fast: list[Tensor] = params
+        for k in range(self.inner_steps):
+            l_r, l_f = losses_at(fast, buffers if k == 0 else fast_buffers, *support)
+            g_r = _all_reduce_mean(_grads(l_r, fast, create_graph=second), world, second)
+            g_f = _all_reduce_mean(_grads(l_f, fast, create_graph=second), world, second)
+            if k == 0:
+                # The outer support terms are exactly these gradients at θ: reuse them.
+                at_theta = (l_r, l_f, g_r, g_f)
+            with torch.set_grad_enabled(second):
+                step = self._harmonize(g_r, g_f)
+                fast = [w - self.inner_lr * s for w, s in zip(fast, step, strict=True)]
+            if not second:
+                fast = [w.requires_grad_() for w in fast]
+        lq_r, lq_f = losses_at(fast, fast_buffers, *query)
+        # First order: gradients at θ' (leaves). Second order: through θ' back to θ, where the
+        # two calls share the inner graph, so the first one keeps it.
+        wrt = params if second else fast
+        q_r = _grads(self.query_weight * lq_r, wrt, retain_graph=second)
+        q_f = _grads(self.forget_weight * self.query_weight * lq_f, wrt)
+        l_r, l_f, s_r, s_f = at_theta
+        g_r = [s.detach() + q for s, q in zip(s_r, q_r, strict=True)]
+        g_f = [self.forget_weight * s.detach() + q for s, q in zip(s_f, q_f, strict=True)]
+        return g_r, g_f, [l_r, l_f, lq_r, lq_f]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum across ranks: the all-reduce is self-adjoint, so is its backward."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return _AllReduceSum.apply(grad)
+
+
+def _all_reduce_mean(grads: list[Tensor], world: int, differentiable: bool = False) -> list[Tensor]:
+    """Average ``grads`` across ``world`` ranks with one all-reduce of a flattened bucket."""
+    if world == 1:
+        return grads
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    if differentiable:
+        flat = _AllReduceSum.apply(flat)
+    else:
+        dist.all_reduce(flat)
+    flat = flat / world
+    return [
+        c.view_as(g) for c, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
+    ]

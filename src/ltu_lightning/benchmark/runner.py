@@ -61,15 +61,25 @@ def _quiet_lightning():
             logging.getLogger(n).setLevel(level)
 
 
-def run_stage(
+@dataclass
+class FitResult:
+    """A finished ``ltu fit``: the CLI object, its wall time, best monitored score and checkpoint."""
+
+    cli: Any
+    time_s: float
+    best_score: float | None
+    checkpoint: Path
+
+
+def fit_stage(
     config: str,
     root: Path,
     seed: int,
     manifest: Path,
     overrides: Sequence[str],
     original_ckpt: Path | None = None,
-) -> StageResult:
-    """``ltu fit`` one stage into ``root``, then evaluate its selected checkpoint."""
+) -> FitResult:
+    """``ltu fit`` one stage into ``root`` with the seed and split manifest of this benchmark seed."""
     from ltu_lightning.cli import LTUCLI
 
     args = [
@@ -96,30 +106,43 @@ def run_stage(
         start = time.perf_counter()
         cli = LTUCLI(args=args)
         elapsed = time.perf_counter() - start
-        best = root / "checkpoints" / "best.ckpt"
-        chosen = (
-            best
-            if getattr(cli.model, "stop_rule", None) == "criterion" and best.exists()
-            else (root / "checkpoints" / "last.ckpt")
+    best = root / "checkpoints" / "best.ckpt"
+    criterion = getattr(cli.model, "stop_rule", "criterion") == "criterion"
+    chosen = best if criterion and best.exists() else root / "checkpoints" / "last.ckpt"
+    score = next(
+        (
+            cb.best_model_score
+            for cb in cli.trainer.checkpoint_callbacks
+            if getattr(cb, "monitor", None) and cb.best_model_score is not None
+        ),
+        None,
+    )
+    return FitResult(cli, elapsed, float(score) if score is not None else None, chosen)
+
+
+def run_stage(
+    config: str,
+    root: Path,
+    seed: int,
+    manifest: Path,
+    overrides: Sequence[str],
+    original_ckpt: Path | None = None,
+) -> StageResult:
+    """Fit one stage, then evaluate its selected checkpoint with the protocol's metrics."""
+    fit = fit_stage(config, root, seed, manifest, overrides, original_ckpt)
+    with _quiet_lightning():
+        metrics = evaluate_checkpoint(
+            fit.cli.model, fit.cli.datamodule, str(fit.checkpoint), seed=seed
         )
-        score = next(
-            (
-                cb.best_model_score
-                for cb in cli.trainer.checkpoint_callbacks
-                if getattr(cb, "monitor", None) and cb.best_model_score is not None
-            ),
-            None,
-        )
-        metrics = evaluate_checkpoint(cli.model, cli.datamodule, str(chosen), seed=seed)
-    metrics["time_s"] = elapsed
-    result = StageResult(metrics, elapsed, float(score) if score is not None else None)
+    metrics["time_s"] = fit.time_s
+    result = StageResult(metrics, fit.time_s, fit.best_score)
     write_json_atomic(
         root / "metrics.json",
         {
             "metrics": metrics,
-            "time_s": elapsed,
-            "best_score": result.best_score,
-            "checkpoint": str(chosen),
+            "time_s": fit.time_s,
+            "best_score": fit.best_score,
+            "checkpoint": str(fit.checkpoint),
         },
     )
     return result

@@ -7,35 +7,66 @@ LightningCLI flag works (``--print_config``, ``--model.help ClassifierModule``, 
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import os
 import sys
 import warnings
 
 import lightning as L
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 
 import ltu_lightning.data  # noqa: F401
 import ltu_lightning.models  # noqa: F401
 import ltu_lightning.modules  # noqa: F401  (registers the modules for short class names)
+from ltu_lightning.callbacks import LoggerSaveConfigCallback, SelectionSummary
 from ltu_lightning.errors import LTUError
+from ltu_lightning.modules.checkpoints import load_checkpoint
 
 EXTRA_SUBCOMMANDS = ("evaluate", "benchmark")
+#: LightningCLI's subcommands: they load ``--ckpt_path`` (resume, evaluation) through Lightning
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: ``--ckpt_path`` values Lightning resolves itself (``registry:<name>`` included)
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
 # ``evaluate``/``benchmark`` hand LightningCLI their own argument lists on purpose.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 
 class LTUCLI(LightningCLI):
-    """LightningCLI with the project's defaults: any LightningModule/DataModule by class path."""
+    """LightningCLI with the project's defaults: any LightningModule/DataModule by class path;
+    the resolved config goes to every logger and the selected epoch's metrics to W&B's summary."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", {"callbacks": [SelectionSummary()]})
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
+    def before_instantiate_classes(self) -> None:
+        """A logger whose ``save_dir`` is null writes under ``trainer.default_root_dir``, so that
+        one flag moves a whole run. A set ``WANDB_MODE`` decides W&B's mode: ``WandbLogger``'s
+        ``offline: true`` (the default of configs/logger/wandb.yaml) would override it."""
+        trainer = self._get(self.config, "trainer")
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        for spec in loggers:
+            if not isinstance(spec, Namespace) or not isinstance(spec.get("init_args"), Namespace):
+                continue
+            init = spec.init_args
+            if "save_dir" in init and init.save_dir is None and init.get("dir") is None:
+                init.save_dir = trainer.default_root_dir or os.getcwd()
+            module, _, name = spec.class_path.rpartition(".")
+            cls = getattr(importlib.import_module(module), name)
+            if issubclass(cls, WandbLogger) and "WANDB_MODE" in os.environ:
+                init.offline = False
 
-def run(args: list[str], from_argv: bool = False) -> None:
-    """Dispatch to ``evaluate``/``benchmark`` or LightningCLI (``args=None`` reads sys.argv)."""
+
+def run(args: list[str]) -> None:
+    """Dispatch to ``evaluate``/``benchmark`` or LightningCLI, with safe checkpoint loading."""
     if args and args[0] in EXTRA_SUBCOMMANDS:
         if args[0] == "evaluate":
             from ltu_lightning.evaluation.cli import evaluate_main
@@ -46,16 +77,50 @@ def run(args: list[str], from_argv: bool = False) -> None:
 
             benchmark_main(args[1:])
         return
-    LTUCLI(args=None if from_argv else args)
+    if args and args[0] in TRAINER_SUBCOMMANDS:
+        # Lightning hands weights_only=None to torch.load, which unpickles URLs (and files under
+        # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) with arbitrary code: default to True, a later
+        # ``--weights_only false`` (or config key) still wins.
+        args = [args[0], "--weights_only", "true", *args[1:]]
+        check_ckpt_path(args[1:])
+    LTUCLI(args=args)
+
+
+def check_ckpt_path(args: list[str]) -> None:
+    """Read a ``--ckpt_path`` file the safe way before Lightning does, so that a missing,
+    truncated or code-carrying checkpoint is one clear error instead of a traceback."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--ckpt_path")
+    parser.add_argument("--weights_only")
+    given, _ = parser.parse_known_args(args)
+    path = given.ckpt_path
+    if not path or str(given.weights_only).lower() == "false":
+        return
+    if path.split(":")[0] in CKPT_PATH_KEYWORDS or "://" in path:
+        return  # resolved by Lightning itself
+    load_checkpoint(path)
+
+
+def _user_error(err: BaseException | None) -> LTUError | None:
+    """The LTUError behind ``err``: jsonargparse and Lightning re-raise it wrapped (``from``)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LTUError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ltu`` console script: user errors become one line and exit code 2."""
-    args = sys.argv[1:] if argv is None else argv
     try:
-        run(args, from_argv=argv is None)
-    except LTUError as err:
-        print(f"error: {err}", file=sys.stderr)
+        run(sys.argv[1:] if argv is None else argv)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -10,6 +10,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from ltu_lightning.benchmark.report import markdown_table, write_reports
 from ltu_lightning.benchmark.runner import load_benchmark
 from ltu_lightning.errors import LTUError
+from ltu_lightning.tracking import benchmark_group, log_benchmark_to_wandb
 
 
 def build_parser() -> ArgumentParser:
@@ -55,6 +56,15 @@ def build_parser() -> ArgumentParser:
         default=False,
         help="replace results.* of an earlier run in --out (stage checkpoints are reused)",
     )
+    parser.add_argument(
+        "--wandb",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="log each stage trained, the results table and the plots as W&B runs of one group "
+        "(offline under --out unless WANDB_MODE is set; docs/wandb.md)",
+    )
     return parser
 
 
@@ -73,6 +83,8 @@ def benchmark_main(args: list[str]) -> None:
         raise LTUError(
             f"{out}/results.json already exists; pass --overwrite to replace it or choose another --out"
         )
+    if cfg.wandb:
+        bench.wandb_group = benchmark_group(bench.name)
     start = time.perf_counter()
     print(
         f"benchmark {bench.name}: seeds {bench.seeds}, {len(bench.methods)} methods -> {out}",
@@ -88,3 +100,6 @@ def benchmark_main(args: list[str]) -> None:
     print(
         f"\nwall time {time.perf_counter() - start:.0f}s; wrote {', '.join(str(p) for p in paths)}"
     )
+    if bench.wandb_group:
+        run_dir = log_benchmark_to_wandb(summary, out, bench.wandb_group)
+        print(f"W&B group {bench.wandb_group}: report run in {run_dir}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.cli import evaluate_checkpoint
 from ltu_lightning.evaluation.metrics import avg_gap
+from ltu_lightning.tracking import finish_wandb_stage, wandb_stage_args
 
 REFERENCE_STAGES = ("original", "retrain")
 
@@ -79,8 +81,14 @@ def fit_stage(
     overrides: Sequence[str],
     original_ckpt: Path | None = None,
 ) -> FitResult:
-    """``ltu fit`` one stage into ``root`` with the seed and split manifest of this benchmark seed."""
+    """``ltu fit`` one stage into ``root`` with the seed and split manifest of this benchmark seed.
+
+    The benchmark owns its stage folders: checkpoints of an earlier attempt at this stage are
+    removed first (``ltu benchmark`` refuses to replace earlier *results* without --overwrite).
+    """
     from ltu_lightning.cli import LTUCLI
+
+    shutil.rmtree(root / "checkpoints", ignore_errors=True)
 
     args = [
         "fit",
@@ -127,14 +135,18 @@ def run_stage(
     manifest: Path,
     overrides: Sequence[str],
     original_ckpt: Path | None = None,
+    reference: dict[str, float] | None = None,
 ) -> StageResult:
-    """Fit one stage, then evaluate its selected checkpoint with the protocol's metrics."""
+    """Fit one stage, then evaluate its selected checkpoint with the protocol's metrics (and,
+    in a W&B run's summary, its Avg.Gap to ``reference``: the retrained model's metrics)."""
     fit = fit_stage(config, root, seed, manifest, overrides, original_ckpt)
     with _quiet_lightning():
         metrics = evaluate_checkpoint(
             fit.cli.model, fit.cli.datamodule, str(fit.checkpoint), seed=seed
         )
     metrics["time_s"] = fit.time_s
+    gap = {"avg_gap": avg_gap(metrics, reference)} if reference is not None else {}
+    finish_wandb_stage(fit.cli.trainer.loggers, {**metrics, **gap})
     result = StageResult(metrics, fit.time_s, fit.best_score)
     write_json_atomic(
         root / "metrics.json",
@@ -167,6 +179,13 @@ class Benchmark:
     seeds: list[int]
     out: Path
     overrides: list[str] = field(default_factory=list)
+    #: W&B group of this invocation; None logs no W&B runs (``ltu benchmark --wandb`` sets it)
+    wandb_group: str | None = None
+
+    def _stage_overrides(self, stage: str, seed: int) -> list[str]:
+        """The benchmark's overrides after the stage's W&B logger flags (so they can change them)."""
+        wandb = wandb_stage_args(self.wandb_group, stage, seed) if self.wandb_group else []
+        return [*wandb, *self.overrides]
 
     def run(self, progress: Callable[[str], None] = print) -> dict[int, dict[str, StageResult]]:
         results: dict[int, dict[str, StageResult]] = {}
@@ -186,7 +205,9 @@ class Benchmark:
                     per_seed[key] = cached
                     continue
                 progress(f"[seed {seed}] {i + 1}/{stages} {key}: training ...")
-                per_seed[key] = run_stage(config, root / key, seed, manifest, self.overrides)
+                per_seed[key] = run_stage(
+                    config, root / key, seed, manifest, self._stage_overrides(key, seed)
+                )
                 progress(
                     f"[seed {seed}] {i + 1}/{stages} {key}: done in {per_seed[key].time_s:.1f}s "
                     f"(TA {per_seed[key].metrics['TA']:.1f})"
@@ -200,8 +221,9 @@ class Benchmark:
                     root / method.folder,
                     seed,
                     manifest,
-                    [*self.overrides, *method.overrides],
+                    [*self._stage_overrides(method.key, seed), *method.overrides],
                     original_ckpt,
+                    per_seed["retrain"].metrics,
                 )
                 per_seed[method.key] = result
                 gap = avg_gap(result.metrics, per_seed["retrain"].metrics)

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from ltu_lightning.data.datasets import DatasetBundle, load_dataset
-from ltu_lightning.data.splits import ROLES, SplitManifest, SplitSpec, make_split, read_index_file
+from ltu_lightning.data.splits import (
+    ROLES,
+    RUN_LEVEL_KEYS,
+    SplitManifest,
+    SplitSpec,
+    make_split,
+    read_index_file,
+    retain_subset_of,
+)
 from ltu_lightning.data.transforms import build_transforms
 from ltu_lightning.errors import LTUError
 
@@ -19,6 +30,33 @@ from ltu_lightning.errors import LTUError
 TRAIN_ON = ("train", "remaining", "retain_subset", "unlearn")
 ACCESS = ("partial", "full")
 MANIFEST_NAME = "split_manifest.json"
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A shuffle that is a function of ``(seeds, epoch, pass)`` only, never of the global RNG.
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the
+    same order in its next epochs as an uninterrupted run, whatever consumed the global RNG
+    before (a resume skips work that draws from it). ``pass`` counts re-iterations within an
+    epoch (``CombinedLoader`` cycles the shorter stream), so each cycle is a new order. Under
+    DDP, Lightning swaps any ``RandomSampler`` for its ``DistributedSampler``, which is seeded
+    by the global seed and the epoch in the same way.
+    """
+
+    def __init__(self, data_source: Sized, seeds: Sequence[int]) -> None:
+        super().__init__(data_source)
+        self.seeds = tuple(seeds)
+        self.epoch = 0
+        self.passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([*self.seeds, self.epoch, self.passes])
+        self.passes += 1
+        return iter(rng.permutation(len(self.data_source)).tolist())
 
 
 class UnlearningDataModule(L.LightningDataModule):
@@ -148,7 +186,9 @@ class UnlearningDataModule(L.LightningDataModule):
             )
         wanted = spec.describe()
         diff = {
-            k: (manifest.spec.get(k), v) for k, v in wanted.items() if manifest.spec.get(k) != v
+            k: (manifest.spec.get(k), v)
+            for k, v in wanted.items()
+            if k not in RUN_LEVEL_KEYS and manifest.spec.get(k) != v
         }
         if diff:
             shown = ", ".join(
@@ -186,23 +226,37 @@ class UnlearningDataModule(L.LightningDataModule):
         if role not in ROLES:
             raise LTUError(f"unknown role {role!r}; choose 'test' or one of {', '.join(ROLES)}")
         base = self.bundle.with_transform(self.bundle.pool, transform)
-        return Subset(base, self.manifest.roles[role].tolist())
+        return Subset(base, self.role_indices(role).tolist())
 
     def role_targets(self, role: str) -> Any:
         self._require_setup()
         assert self.bundle is not None and self.manifest is not None
         if role == "test":
             return self.bundle.test_targets
-        return self.bundle.pool_targets[self.manifest.roles[role]]
+        return self.bundle.pool_targets[self.role_indices(role)]
+
+    def role_indices(self, role: str) -> np.ndarray:
+        """Pool indices of a role; ``retain_subset`` follows this run's ``retain_fraction`` (ρ)."""
+        self._require_setup()
+        assert self.manifest is not None
+        if role == "retain_subset":
+            return retain_subset_of(
+                self.manifest.roles["retain_order"], self.hparams.retain_fraction
+            )
+        return self.manifest.roles[role]
 
     def role_dataloader(
         self, role: str, train: bool = False, shuffle: bool = False, batch_size: int | None = None
     ) -> DataLoader:
+        """A loader of one role; ``shuffle`` orders it by the split seed, the run's global
+        seed (``seed_everything``) and the epoch, so that a resumed run replays the order."""
         size = batch_size or (self.batch_size if train else self.eval_batch_size)
+        dataset = self.role_dataset(role, train)
+        seeds = (self.hparams.seed, int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return DataLoader(
-            self.role_dataset(role, train),
+            dataset,
             batch_size=size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(dataset, seeds) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -7,7 +7,9 @@ Roles are index arrays into the dataset's training split (the *pool*):
   (pretraining validation, stopping, hyperparameter choice);
 - ``train``: D = pool \\ D_h, what the original model trains on;
 - ``forget``: D_f ⊂ D (random fraction, class list, or an explicit index file of pool indices);
-- ``remaining``: D_r = D \\ D_f; ``retain_subset``: D̂_r, a seeded fraction ρ of D_r.
+- ``remaining``: D_r = D \\ D_f; ``retain_order``: a seeded permutation of D_r;
+  ``retain_subset``: D̂_r, the first ρ·|D_r| of that order (sorted). Subsets for different ρ are
+  nested, and ρ may change per unlearning run without changing the split (``retain_subset_of``).
 
 The test split is the dataset's own and is not stored. The manifest (JSON) records the indices,
 the dataset fingerprint, the seed and the spec; its ``manifest_id`` is what checkpoints record.
@@ -28,7 +30,17 @@ import numpy as np
 
 from ltu_lightning.errors import LTUError
 
-ROLES = ("train", "holdout_audit", "holdout_val", "forget", "remaining", "retain_subset")
+ROLES = (
+    "train",
+    "holdout_audit",
+    "holdout_val",
+    "forget",
+    "remaining",
+    "retain_order",
+    "retain_subset",
+)
+#: Spec keys that do not change who is a member or what is forgotten (checked per run instead).
+RUN_LEVEL_KEYS = ("retain_fraction",)
 MANIFEST_VERSION = 1
 
 
@@ -67,6 +79,10 @@ def read_index_file(path: str | os.PathLike) -> tuple[int, ...]:
             values = json.loads(p.read_text())
         else:
             values = [tok for tok in p.read_text().replace(",", " ").split() if tok]
+        # int() would floor 3.7 or turn true into 1 (JSON, .npy): another sample would be forgotten.
+        bad = [v for v in values if isinstance(v, bool) or (isinstance(v, float) and v % 1)]
+        if bad:
+            raise ValueError(f"{bad[:3]} are not whole numbers")
         return tuple(int(v) for v in values)
     except (ValueError, TypeError) as err:
         raise LTUError(f"forget index file {str(p)!r} is not a list of integers ({err})") from err
@@ -176,16 +192,27 @@ def make_split(
         raise LTUError(
             "the forget set covers the whole training set: nothing would remain; forget less"
         )
-    k = max(1, int(round(spec.retain_fraction * len(remaining))))
-    retain_subset = np.sort(rng.choice(remaining, size=k, replace=False))
+    retain_order = rng.permutation(remaining)
+    retain_subset = retain_subset_of(retain_order, spec.retain_fraction)
     return {
         "train": train,
         "holdout_audit": holdout_audit,
         "holdout_val": holdout_val,
         "forget": forget,
         "remaining": remaining,
+        "retain_order": retain_order,
         "retain_subset": retain_subset,
     }
+
+
+def retain_subset_of(retain_order: np.ndarray, fraction: float) -> np.ndarray:
+    """D̂_r for ρ = ``fraction``: the first ρ·|D_r| (at least one) of the manifest's retain order."""
+    if not 0 < fraction <= 1:
+        raise LTUError(
+            f"retain_fraction={fraction} is outside (0, 1]; use e.g. 0.1 for 10% of the remaining set"
+        )
+    k = max(1, int(round(fraction * len(retain_order))))
+    return np.sort(np.asarray(retain_order[:k], dtype=np.int64))
 
 
 @dataclass

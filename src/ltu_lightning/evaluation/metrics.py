@@ -342,7 +342,11 @@ def avg_gap(
 
 
 def selection_criterion(
-    forget_acc: float, val_acc: float, original_val_acc: float, forget_val_loss_auc: float
+    forget_acc: float,
+    val_acc: float,
+    original_val_acc: float,
+    forget_val_loss_auc: float,
+    forget_target: float | None = None,
 ) -> float:
     """The honest hyperparameter-selection score of PROTOCOL.md (lower is better).
 
@@ -354,7 +358,9 @@ def selection_criterion(
     - ``2·max(0, original_val_acc − val_acc)``: twice the utility lost on validation data;
     - ``100·|AUC − 0.5|``: the loss-AUC of D_f vs val (:func:`loss_auc`) should be chance.
 
-    Accuracies are percentages (0..100), the AUC a fraction (0..1).
+    Accuracies are percentages (0..100), the AUC a fraction (0..1). ``forget_target``
+    replaces Acc(val) in the first term where unseen data is not the target: in class-wise
+    forgetting a retrained model scores 0 on the forgotten classes.
     """
     vals = {
         "forget_acc": forget_acc,
@@ -370,7 +376,7 @@ def selection_criterion(
             f"forget_val_loss_auc must be a fraction in [0, 1], got {forget_val_loss_auc}"
         )
     terms = (
-        abs(forget_acc - val_acc),
+        abs(forget_acc - (val_acc if forget_target is None else forget_target)),
         2.0 * max(0.0, original_val_acc - val_acc),
         100.0 * abs(forget_val_loss_auc - 0.5),
     )

@@ -89,10 +89,13 @@ def run(args: list[str]) -> None:
 def check_ckpt_path(args: list[str]) -> None:
     """Read a ``--ckpt_path`` file the safe way before Lightning does, so that a missing,
     truncated or code-carrying checkpoint is one clear error instead of a traceback."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     parser.add_argument("--ckpt_path")
     parser.add_argument("--weights_only")
-    given, _ = parser.parse_known_args(args)
+    try:
+        given, _ = parser.parse_known_args(args)
+    except argparse.ArgumentError:
+        return  # e.g. a --ckpt_path without a value: LightningCLI's parser says so
     path = given.ckpt_path
     if not path or str(given.weights_only).lower() == "false":
         return

@@ -74,6 +74,13 @@ class RandomLabelLoss:
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(seed)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The generator's state: a resumed run must draw the labels an uninterrupted one would."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
     def sample_labels(self, targets: Tensor) -> Tensor:
         """Draw one wrong label per target (advances the generator)."""
         shift = torch.randint(1, self.num_classes, targets.shape, generator=self.generator)

@@ -21,6 +21,7 @@ from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.cli import evaluate_checkpoint
 from ltu_lightning.evaluation.metrics import avg_gap
+from ltu_lightning.modules.unlearning import OVERWRITE_ARGS
 from ltu_lightning.tracking import finish_wandb_stage, wandb_stage_args
 
 REFERENCE_STAGES = ("original", "retrain")
@@ -108,7 +109,8 @@ def fit_stage(
         str(manifest),
     ]
     if original_ckpt is not None:
-        args += ["--model.init_args.original_ckpt", str(original_ckpt)]
+        # The benchmark owns its stage folders: re-running an unlearning stage replaces it.
+        args += ["--model.init_args.original_ckpt", str(original_ckpt), *OVERWRITE_ARGS]
     args += list(overrides)
     with _quiet_lightning():
         start = time.perf_counter()

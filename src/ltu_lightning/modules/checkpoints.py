@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +20,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise LTUError(
-            f"checkpoint {str(p)!r} does not exist; train the original model first or fix the path"
+            f"checkpoint {str(p)!r} does not exist; fix the path or run the stage that writes it first"
         )
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # torch.load fails on garbage in many ways (EOF, zip, IndexError, ...)
+        # The weights-only unpickler refuses globals (classes, functions: code); an opcode it
+        # does not know means the file is no checkpoint at all.
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported operand" not in str(err):
+            raise LTUError(
+                f"checkpoint {str(p)!r} holds objects that are not plain weights and was refused "
+                f"by weights-only loading ({_gist(err)}); only load checkpoints from sources you trust"
+            ) from err
         raise LTUError(
-            f"checkpoint {str(p)!r} holds objects that are not plain weights and was refused "
-            f"(weights_only loading: {str(err).splitlines()[0]}); only load checkpoints from sources you trust"
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise LTUError(
-            f"checkpoint {str(p)!r} is unreadable or truncated ({err}); re-create it"
+            f"checkpoint {str(p)!r} is unreadable or truncated ({_gist(err)}); re-create it"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise LTUError(
             f"checkpoint {str(p)!r} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by ltu fit"
         )
     return ckpt
+
+
+def _gist(err: Exception) -> str:
+    """One line of a torch.load error (they run to paragraphs of advice): the reason only."""
+    text = str(err).split("WeightsUnpickler error:")[-1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(err).__name__}: {line.split('. ')[0]}" if line else type(err).__name__
 
 
 def checkpoint_split_id(ckpt: dict[str, Any]) -> str | None:

@@ -12,6 +12,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -24,6 +28,44 @@ from ltu_lightning.modules.checkpoints import load_backbone_weights
 
 STOP_RULES = ("criterion", "budget")
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: checkpoint key of the state of plain (non-``nn.Module``) helpers, e.g. a loss's generator
+HELPER_STATE_KEY = "ltu_helper_states"
+#: ``ltu fit`` flags that let an unlearning run replace the checkpoints of an earlier one
+OVERWRITE_ARGS = ("--trainer.callbacks+=RunFolderGuard", "--trainer.callbacks.overwrite", "true")
+
+
+class RunFolderGuard(L.Callback):
+    """Keeps an unlearning ``fit`` from destroying earlier results.
+
+    At fit start (after a resumed checkpoint is loaded, before any step), it refuses a
+    ``trainer.default_root_dir`` that holds the original checkpoint, and a ``checkpoints/``
+    folder that already holds checkpoints, unless this fit resumes from one of them
+    (``--ckpt_path <dir>/checkpoints/last.ckpt``) or ``overwrite`` is set (``OVERWRITE_ARGS``).
+    ``UnlearningModule`` adds one unless the trainer already has one.
+    """
+
+    def __init__(self, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        root = Path(trainer.default_root_dir).resolve()
+        folder = root / "checkpoints"
+        original = getattr(pl_module, "original_ckpt", None)
+        if original is not None and Path(original).resolve().parent in (root, folder):
+            raise LTUError(
+                f"trainer.default_root_dir {trainer.default_root_dir!r} holds the original checkpoint "
+                f"{original!r}, which unlearning must never overwrite; pass another --trainer.default_root_dir"
+            )
+        earlier = sorted(p.name for p in folder.glob("*.ckpt"))
+        resumed = (
+            trainer.ckpt_path is not None and Path(trainer.ckpt_path).resolve().parent == folder
+        )
+        if earlier and not (resumed or self.overwrite):
+            raise LTUError(
+                f"{folder} already holds {', '.join(earlier)} from an earlier run; resume it with "
+                f"--ckpt_path {folder / 'last.ckpt'}, write elsewhere with --trainer.default_root_dir, "
+                f"or replace it with {' '.join(OVERWRITE_ARGS)}"
+            )
 
 
 class UnlearningModule(BaseModule):
@@ -80,7 +122,18 @@ class UnlearningModule(BaseModule):
 
     def on_fit_start(self) -> None:
         if torch.isnan(self.original_val_acc):  # not restored from a resumed checkpoint
-            self.original_val_acc.fill_(self._accuracy_on("holdout_val"))
+            logits, y = self.role_logits("holdout_val")
+            keep = ~self._forgotten_class_mask(y)
+            self.original_val_acc.fill_(
+                100.0 * (logits.argmax(-1) == y)[keep].float().mean().item()
+            )
+
+    def _forgotten_class_mask(self, targets: torch.Tensor) -> torch.Tensor:
+        """Samples of the classes being forgotten (all False for random/index forgetting)."""
+        classes = (getattr(self.datamodule, "hparams", None) or {}).get("forget_classes")
+        if not classes:
+            return torch.zeros_like(targets, dtype=torch.bool)
+        return torch.isin(targets, torch.as_tensor(list(classes), device=targets.device))
 
     @torch.no_grad()
     def role_logits(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,6 +169,51 @@ class UnlearningModule(BaseModule):
             if scheduler is not None:
                 scheduler.step()
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse a step on non-finite gradients: the weights, and the last checkpoint, stay good."""
+        if str(self.trainer.precision).startswith("16"):
+            return  # fp16 loss scaling skips such steps by design
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
+        if norms and not torch.isfinite(torch.stack(norms)).all():
+            raise LTUError(
+                f"{type(self).__name__} step {self.global_step} produced non-finite gradients and was "
+                "stopped before updating the weights (the last checkpoint is intact); lower the learning rate"
+            )
+
+    # ----------------------------------------------------------- checkpoints
+    def configure_callbacks(self) -> list[L.Callback]:
+        callbacks = super().configure_callbacks()
+        if callbacks and not any(isinstance(cb, RunFolderGuard) for cb in self.trainer.callbacks):
+            callbacks.append(RunFolderGuard())
+        return callbacks
+
+    def stateful_helpers(self) -> dict[str, Any]:
+        """Plain attributes with state of their own outside ``nn.Module`` (e.g. the random-label
+        generator of ``RandomLabelLoss``): saved in checkpoints so that a resumed run continues
+        their streams exactly."""
+        return {
+            name: value
+            for name, value in vars(self).items()
+            if not name.startswith("_")
+            and not isinstance(value, type | nn.Module)
+            and callable(getattr(value, "state_dict", None))
+            and callable(getattr(value, "load_state_dict", None))
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[HELPER_STATE_KEY] = {
+            k: v.state_dict() for k, v in self.stateful_helpers().items()
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get(HELPER_STATE_KEY, {})
+        for name, helper in self.stateful_helpers().items():
+            if name in saved:
+                helper.load_state_dict(saved[name])
+
     # ----------------------------------------------------------- validation
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
@@ -140,17 +238,26 @@ class UnlearningModule(BaseModule):
         self.log_validation(outputs)
 
     def log_validation(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Log forget/val accuracy, the loss-AUC of D_f vs val, and the selection criterion."""
+        """Log forget/val accuracy, the loss-AUC of D_f vs val, and the selection criterion.
+
+        Random forgetting: D_f should look like unseen data, so it is compared with the whole
+        validation half. Class-wise forgetting: a retrained model does not know the class at all,
+        so D_f's accuracy target is 0, D_f is compared (loss-AUC) with validation samples of the
+        forgotten classes, and the accuracy drop is measured on the remaining classes.
+        """
         (f_logits, f_y), (v_logits, v_y) = outputs["forget"], outputs["holdout_val"]
         forget_acc = 100.0 * (f_logits.argmax(-1) == f_y).float().mean().item()
-        val_acc = 100.0 * (v_logits.argmax(-1) == v_y).float().mean().item()
+        forgotten = self._forgotten_class_mask(v_y)
+        v_correct = (v_logits.argmax(-1) == v_y).float()
+        val_acc = 100.0 * v_correct[~forgotten].mean().item()
         f_loss = F.cross_entropy(f_logits, f_y, reduction="none").cpu().numpy()
-        v_loss = F.cross_entropy(v_logits, v_y, reduction="none").cpu().numpy()
-        auc = loss_auc(f_loss, v_loss)
+        v_loss = F.cross_entropy(v_logits, v_y, reduction="none")
+        auc = loss_auc(f_loss, (v_loss[forgotten] if forgotten.any() else v_loss).cpu().numpy())
         original = self.original_val_acc.item()
         if original != original:  # nan: validate() outside fit
             original = val_acc
-        criterion = selection_criterion(forget_acc, val_acc, original, auc)
+        target = 0.0 if forgotten.any() else None
+        criterion = selection_criterion(forget_acc, val_acc, original, auc, forget_target=target)
         self.log_dict({"val/forget_acc": forget_acc, "val/val_acc": val_acc, "val/loss_auc": auc})
         self.log("val/criterion", criterion, prog_bar=True)
 

@@ -8,6 +8,7 @@ See ``LTU_METHOD.md``, sections "One LTU step", "Gradient Harmonization", "Multi
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -242,6 +243,16 @@ class MetaHarmonizer:
                 _dot(update, update).sqrt().detach().reshape(1),
             ]
         )
+        keys = ["loss_r_support", "loss_f_support"]
+        keys += ["loss_r_query", "loss_f_query"] if self.meta else []
+        keys += ["cos", "conflict", "norm_r", "norm_f", "norm_update"]
+        result = dict(zip(keys, values.tolist(), strict=True))
+        bad = [key for key, value in result.items() if not math.isfinite(value)]
+        if bad:  # checked before stepping: the weights stay those of the last good step
+            raise LTUError(
+                f"the LTU step produced a non-finite {', '.join(bad)} and was not applied; lower "
+                "the learning rates (optimizer lr, inner_lr) or set balance: clip"
+            )
         with torch.no_grad():
             for p, g in zip(params, update, strict=True):
                 if p.grad is None:
@@ -249,10 +260,7 @@ class MetaHarmonizer:
                 else:
                     p.grad.copy_(g)
         self.optimizer.step()
-        keys = ["loss_r_support", "loss_f_support"]
-        keys += ["loss_r_query", "loss_f_query"] if self.meta else []
-        keys += ["cos", "conflict", "norm_r", "norm_f", "norm_update"]
-        return dict(zip(keys, values.tolist(), strict=True))
+        return result
 
     def _world_size(self) -> int:
         if self.sync_grads and dist.is_available() and dist.is_initialized():

@@ -1,0 +1,393 @@
+"""The unlearning baselines (ltu_lightning.modules.baselines) and their fmnist5k configs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+
+from conftest import _run_ltu
+from ltu_lightning.data import UnlearningDataModule
+from ltu_lightning.errors import LTUError
+from ltu_lightning.models import MLP
+from ltu_lightning.modules import ClassifierModule
+from ltu_lightning.modules.baselines import (
+    SCRUB,
+    FineTune,
+    GradientAscent,
+    L1Sparse,
+    NegGradPlus,
+    RandomLabel,
+    SalUn,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BASELINES = (FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB)
+CONFIG_NAMES = ("ft", "ga", "rl", "neggrad_plus", "l1_sparse", "salun", "scrub")
+HIDDEN = [64]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one thread is as fast and immune to oversubscribed CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _backbone() -> MLP:
+    return MLP(num_classes=10, in_features=64, hidden=HIDDEN)
+
+
+def _datamodule(
+    root: Path, train_on: str = "unlearn", access: str = "partial"
+) -> UnlearningDataModule:
+    return UnlearningDataModule(
+        dataset="digits",
+        holdout=0.2,
+        manifest_path=str(root / "split_manifest.json"),
+        train_on=train_on,
+        access=access,
+        batch_size=32,
+    )
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """A digits MLP trained for 3 epochs: (root, checkpoint, backbone state)."""
+    root = tmp_path_factory.mktemp("digits")
+    L.seed_everything(0)
+    model = ClassifierModule(_backbone(), optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+    trainer = L.Trainer(
+        default_root_dir=root / "original",
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, _datamodule(root, train_on="train"))
+    ckpt = root / "original" / "checkpoints" / "best.ckpt"
+    state = {k: v.clone() for k, v in _backbone_state(ckpt).items()}
+    return root, ckpt, state
+
+
+def _backbone_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+
+
+def _fit(
+    cls: type,
+    original: tuple[Path, Path, dict[str, torch.Tensor]],
+    name: str,
+    lr: float = 0.01,
+    weight_decay: float = 0.0,
+    access: str = "partial",
+    epochs: int = 2,
+    batches: int = 3,
+    **kwargs,
+):
+    root, ckpt, _ = original
+    L.seed_everything(0)
+    model = cls(
+        _backbone(),
+        original_ckpt=str(ckpt),
+        num_classes=10,
+        optimizer=lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=weight_decay),
+        **kwargs,
+    )
+    out = root / name
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=epochs,
+        limit_train_batches=batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        logger=CSVLogger(out),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    dm = _datamodule(root, access=access)
+    trainer.fit(model, dm)
+    return model, trainer, dm, out
+
+
+def _metrics(out: Path) -> list[dict[str, str]]:
+    (path,) = out.glob("lightning_logs/version_*/metrics.csv")
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _column(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+@torch.no_grad()
+def _forget_ce(backbone: torch.nn.Module, dm: UnlearningDataModule) -> float:
+    backbone.eval()
+    losses = [
+        F.cross_entropy(backbone(x), y, reduction="sum") for x, y in dm.role_dataloader("forget")
+    ]
+    return (torch.stack(losses).sum() / len(dm.role_dataset("forget"))).item()
+
+
+# ------------------------------------------------------------------ shared behaviour
+@pytest.mark.parametrize("cls", BASELINES, ids=lambda c: c.__name__)
+def test_baseline_unlearns_from_the_original_checkpoint(cls, original):
+    _, ckpt, state = original
+    digest = _sha(ckpt)
+    model, trainer, _, out = _fit(cls, original, f"shared_{cls.__name__}")
+    after = model.backbone.state_dict()
+    assert any(not torch.equal(after[k], state[k]) for k in state), "no weight moved"
+    assert _sha(ckpt) == digest, "the original checkpoint was modified"
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert "val/criterion" in trainer.callback_metrics
+    rows = _metrics(out)
+    assert len(_column(rows, "val/criterion")) == 2  # one per epoch
+    assert any(k.startswith("train/") and _column(rows, k) for k in rows[0])
+    assert model.hparams.num_classes == 10 and model.hparams.original_ckpt == str(ckpt)
+    assert "backbone" not in model.hparams and "optimizer" not in model.hparams
+
+
+@pytest.mark.parametrize("cls", BASELINES, ids=lambda c: c.__name__)
+def test_hyperparameters_record_every_argument(cls):
+    expected = set(inspect.signature(cls.__init__).parameters) - {
+        "self",
+        "backbone",
+        "optimizer",
+        "lr_scheduler",
+    }
+    assert set(cls(_backbone()).hparams) == expected
+
+
+def test_num_classes_must_match_the_data(original):
+    root, ckpt, _ = original
+    model = RandomLabel(_backbone(), original_ckpt=str(ckpt), num_classes=5)
+    trainer = L.Trainer(
+        default_root_dir=root / "mismatch", max_epochs=1, logger=False, enable_progress_bar=False
+    )
+    with pytest.raises(LTUError, match="num_classes=5"):
+        trainer.fit(model, _datamodule(root))
+
+
+def test_finetune_with_full_access_draws_retain_batches_from_the_remaining_set(original):
+    _, _, dm, out = _fit(FineTune, original, "ft_full", access="full", batches=2)
+    assert dm.retain_role == "remaining"
+    assert _column(_metrics(out), "train/retain_ce")
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (NegGradPlus, {"alpha": 1.5}),
+        (L1Sparse, {"alpha": -1.0}),
+        (SalUn, {"sparsity": 0.0}),
+        (SalUn, {"sparsity": 1.5}),
+        (SCRUB, {"temperature": 0.0}),
+        (SCRUB, {"max_steps": -1}),
+        (FineTune, {"num_classes": 1}),
+        (FineTune, {"stop_rule": "audit"}),
+    ],
+)
+def test_invalid_arguments_are_refused(cls, kwargs):
+    with pytest.raises(LTUError):
+        cls(_backbone(), **kwargs)
+
+
+# ------------------------------------------------------------------ method-specific
+def test_gradient_ascent_increases_the_forget_loss(original):
+    model, _, dm, _ = _fit(GradientAscent, original, "ga_up", lr=0.05, epochs=1)
+    before_model = _backbone()
+    before_model.load_state_dict(original[2])
+    before, after = _forget_ce(before_model, dm), _forget_ce(model.backbone, dm)
+    assert after > before + 0.05, (before, after)
+
+
+def test_neggrad_plus_weights_retain_and_forget_ce():
+    torch.manual_seed(0)
+    model = NegGradPlus(_backbone(), alpha=0.9)
+    forget = (torch.randn(5, 64), torch.randint(0, 10, (5,)))
+    retain = (torch.randn(7, 64), torch.randint(0, 10, (7,)))
+    out = {k: float(v) for k, v in model.losses(forget, retain).items()}
+    with torch.no_grad():
+        assert out["forget_ce"] == pytest.approx(
+            F.cross_entropy(model(forget[0]), forget[1]).item()
+        )
+        assert out["retain_ce"] == pytest.approx(
+            F.cross_entropy(model(retain[0]), retain[1]).item()
+        )
+    expected = 0.9 * out["retain_ce"] - 0.1 * out["forget_ce"]
+    assert out["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_l1_sparse_alpha_decays_linearly_to_zero(original):
+    model, trainer, _, out = _fit(L1Sparse, original, "l1", alpha=1e-3)
+    alphas = _column(_metrics(out), "train/l1_alpha")
+    total = trainer.estimated_stepping_batches
+    assert len(alphas) == total == 6
+    assert alphas[0] == pytest.approx(1e-3)
+    assert alphas == pytest.approx([1e-3 * (1 - t / total) for t in range(total)])
+    assert model.current_alpha() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_random_label_trains_on_wrong_labels(original):
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    relabel = RandomLabel.relabel
+
+    def spy(self, targets):
+        new = relabel(self, targets)
+        seen.append((targets.clone(), new.clone()))
+        return new
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(RandomLabel, "relabel", spy)
+    try:
+        _fit(RandomLabel, original, "rl_labels", epochs=1)
+    finally:
+        mp.undo()
+    assert len(seen) == 3  # one relabelling per training step
+    true = torch.cat([t for t, _ in seen])
+    new = torch.cat([n for _, n in seen])
+    assert (true != new).all()
+    assert ((new >= 0) & (new < 10)).all()
+    assert len(new.unique()) > 5  # spread over the wrong classes, not one fixed shift
+
+
+def test_salun_updates_only_the_salient_weights(original):
+    _, ckpt, state = original
+    model, _, dm, _ = _fit(
+        SalUn, original, "salun_mask", sparsity=0.3, weight_decay=5e-3, batches=3
+    )
+    masks = model.masks()
+    n_total = sum(m.numel() for m in masks.values())
+    n_masked = sum(int(m.sum()) for m in masks.values())
+    assert n_masked == round(0.3 * n_total)
+    assert model.mask_density() == pytest.approx(0.3, abs=1e-4)
+    after = model.backbone.state_dict()
+    changed = 0
+    for name, mask in masks.items():
+        assert torch.equal(after[name][~mask], state[name][~mask]), name  # even with weight decay
+        changed += int((after[name][mask] != state[name][mask]).sum())
+    assert changed > 0.5 * n_masked
+    # The mask is the top-|grad CE(D_f)| set of the original model.
+    reference = _backbone()
+    reference.load_state_dict(state)
+    reference.eval()
+    grads = {n: torch.zeros_like(p) for n, p in reference.named_parameters()}
+    for x, y in dm.role_dataloader("forget"):
+        reference.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        for n, p in reference.named_parameters():
+            grads[n] += p.grad
+    inside = torch.cat([grads[n].abs()[m] for n, m in masks.items()])
+    outside = torch.cat([grads[n].abs()[~m] for n, m in masks.items()])
+    assert inside.min() >= outside.max() - 1e-7
+
+
+def test_salun_keeps_its_mask_in_the_checkpoint(original):
+    model, _, _, out = _fit(SalUn, original, "salun_ckpt", epochs=1, batches=1)
+    sd = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    restored = SalUn(_backbone())
+    restored.load_state_dict(sd["state_dict"])
+    assert bool(restored.mask_ready)
+    for name, mask in model.masks().items():
+        assert torch.equal(restored.masks()[name], mask)
+
+
+def test_scrub_keeps_the_teacher_frozen(original):
+    _, _, state = original
+    model, trainer, _, out = _fit(SCRUB, original, "scrub", max_steps=1, lr=0.05)
+    assert not model.automatic_optimization
+    teacher = model.teacher.state_dict()
+    for k, v in state.items():
+        assert torch.equal(teacher[k], v), k
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert not model.teacher.training
+    optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in model.teacher.parameters()}
+    # epoch 0: a max-step and a min-step per batch; epoch 1: min-steps only
+    assert trainer.global_step == 2 * 3 + 3
+    rows = _metrics(out)
+    kl_epochs = {r["epoch"] for r in rows if r.get("train/forget_kl")}
+    assert kl_epochs == {"0"}
+    forget_kl = _column(rows, "train/forget_kl")
+    # the student starts as the teacher (KL 0, a stationary point); min-steps move it off
+    assert forget_kl[0] == pytest.approx(0.0, abs=1e-6)
+    assert forget_kl[-1] > 0
+
+
+def test_scrub_distillation_kl_is_zero_for_identical_logits_and_positive_otherwise():
+    model = SCRUB(_backbone(), temperature=4.0)
+    logits = torch.randn(6, 10)
+    assert model.distill_kl(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert model.distill_kl(logits, torch.randn(6, 10)).item() > 0
+
+
+# ------------------------------------------------------------------ configs through the CLI
+@pytest.fixture(scope="module")
+def fmnist_original(tmp_path_factory) -> Path:
+    """A fmnist5k original trained for 2 batches, in the layout the configs expect."""
+    root = tmp_path_factory.mktemp("fmnist5k")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        _run_ltu(
+            [
+                "fit",
+                "--config",
+                CONFIGS / "pretrain" / "fmnist5k.yaml",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "2",
+                "--trainer.limit_val_batches",
+                "1",
+                "--data.batch_size",
+                "16",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+        )
+    assert (root / "runs/fmnist5k/original/checkpoints/best.ckpt").is_file()
+    return root
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_runs_through_the_cli(name, fmnist_original, monkeypatch):
+    monkeypatch.chdir(fmnist_original)
+    config = CONFIGS / "unlearn" / f"{name}_fmnist5k.yaml"
+    _run_ltu(
+        [
+            "fit",
+            "--config",
+            config,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--data.batch_size",
+            "16",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
+    out = fmnist_original / "runs" / "fmnist5k" / name
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert _column(_metrics(out), "val/criterion")

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ltu benchmark --config configs/benchmark/fmnist5k.yaml --out runs/demo
+	$(BIN)/ltu benchmark --config configs/benchmark/fmnist5k.yaml --out runs/demo --overwrite true
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

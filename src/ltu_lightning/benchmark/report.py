@@ -33,6 +33,7 @@ def aggregate(bench: Benchmark, results: dict[int, dict[str, StageResult]]) -> d
             rows.append(row)
         entry: dict[str, Any] = {m: summarize([row[m] for row in rows]) for m in METRICS}
         entry["collapsed"] = sum(row["TA"] < COLLAPSE_TA for row in rows)
+        entry["failed"] = int(sum(row.get("failed", 0.0) for row in rows))
         entry["access"] = access.get(key)
         if "TA_forgotten_classes" in rows[0]:
             for extra in ("TA_remaining_classes", "TA_forgotten_classes"):
@@ -61,12 +62,12 @@ COLUMNS = [
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    head = ["method", "access"] + [name for _, name, _ in COLUMNS] + ["collapsed"]
+    head = ["method", "access"] + [name for _, name, _ in COLUMNS] + ["collapsed", "failed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, entry in summary["methods"].items():
         cells = [key.split(":")[0], entry["access"] or "-"]
         cells += [_fmt(entry[m], d) for m, _, d in COLUMNS]
-        cells.append(str(entry["collapsed"]))
+        cells += [str(entry["collapsed"]), str(entry.get("failed", 0))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

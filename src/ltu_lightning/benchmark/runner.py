@@ -72,6 +72,7 @@ class FitResult:
     time_s: float
     best_score: float | None
     checkpoint: Path
+    failure: str | None = None
 
 
 def fit_stage(
@@ -114,7 +115,16 @@ def fit_stage(
     args += list(overrides)
     with _quiet_lightning():
         start = time.perf_counter()
-        cli = LTUCLI(args=args)
+        failure = None
+        try:
+            cli = LTUCLI(args=args)
+        except LTUError as err:
+            # A run stopped by a guard (e.g. a non-finite step) keeps its last good checkpoint:
+            # the table reports the method from it, flagged, instead of losing the benchmark.
+            if original_ckpt is None or not (root / "checkpoints" / "last.ckpt").exists():
+                raise
+            failure = str(err)
+            cli = LTUCLI(args=args[1:], run=False)
         elapsed = time.perf_counter() - start
     best = root / "checkpoints" / "best.ckpt"
     criterion = getattr(cli.model, "stop_rule", "criterion") == "criterion"
@@ -127,7 +137,7 @@ def fit_stage(
         ),
         None,
     )
-    return FitResult(cli, elapsed, float(score) if score is not None else None, chosen)
+    return FitResult(cli, elapsed, float(score) if score is not None else None, chosen, failure)
 
 
 def run_stage(
@@ -147,6 +157,7 @@ def run_stage(
             fit.cli.model, fit.cli.datamodule, str(fit.checkpoint), seed=seed
         )
     metrics["time_s"] = fit.time_s
+    metrics["failed"] = float(fit.failure is not None)
     gap = {"avg_gap": avg_gap(metrics, reference)} if reference is not None else {}
     finish_wandb_stage(fit.cli.trainer.loggers, {**metrics, **gap})
     result = StageResult(metrics, fit.time_s, fit.best_score)
@@ -157,6 +168,7 @@ def run_stage(
             "time_s": fit.time_s,
             "best_score": fit.best_score,
             "checkpoint": str(fit.checkpoint),
+            "failure": fit.failure,
         },
     )
     return result
@@ -232,6 +244,11 @@ class Benchmark:
                 progress(
                     f"[seed {seed}] {n}/{stages} {method.key}: done in {result.time_s:.1f}s "
                     f"(Avg.Gap {gap:.2f}, TA {result.metrics['TA']:.1f})"
+                    + (
+                        " FAILED, reported from its last good checkpoint"
+                        if result.metrics["failed"]
+                        else ""
+                    )
                 )
             results[seed] = per_seed
         return results

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import RUN_ENV_PREFIXES
 from ltu_lightning import UnlearningData
 from ltu_lightning.data.protocol import EVALUATE_ROLES, FIT_ROLES
 
@@ -28,12 +30,17 @@ ex = _load_example()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and immune to oversubscribed CPUs."""
-    n = torch.get_num_threads()
+def _isolated():
+    """One thread (tiny models: as fast, and immune to busy CPUs); the ``PL_*`` variables that
+    the example's ``seed_everything`` sets do not leak into later tests."""
+    threads, env = torch.get_num_threads(), dict(os.environ)
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
+    for key in set(os.environ) - set(env):
+        if key.startswith(RUN_ENV_PREFIXES):
+            del os.environ[key]
+    os.environ.update(env)
 
 
 @pytest.fixture(scope="module")

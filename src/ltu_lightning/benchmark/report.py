@@ -94,7 +94,8 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
         f"# Benchmark `{summary['benchmark']}`\n\nSeeds: {summary['seeds']}. Mean ± std over seeds; "
         "metrics in percent except loss-AUC (0.5 = forget set indistinguishable from test data); "
         "Avg.Gap against Retrain of the same seed (lower is better); RTE = retrain time / unlearning "
-        "time.\n\n" + markdown_table(summary) + "\n"
+        "time; collapsed = seeds with TA < 50; failed = seeds stopped by a guard (non-finite "
+        "step), reported from their last good checkpoint.\n\n" + markdown_table(summary) + "\n"
     )
     _write_text(out / "results.md", md)
     return [out / "results.json", out / "results.csv", out / "results.md", *plot(summary, out)]

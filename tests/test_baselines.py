@@ -388,6 +388,14 @@ def test_config_runs_through_the_cli(name, fmnist_original, monkeypatch):
             "false",
         ]
     )
-    out = fmnist_original / "runs" / "fmnist5k" / name
-    assert (out / "checkpoints" / "best.ckpt").is_file()
-    assert _column(_metrics(out), "val/criterion")
+    best = fmnist_original / "runs" / "fmnist5k" / name / "checkpoints" / "best.ckpt"
+    assert best.is_file()
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["original_ckpt"].startswith("runs/fmnist5k/original/")
+    # the best checkpoint was chosen on a logged, finite val/criterion (whatever the logger)
+    scores = [
+        state["best_model_score"]
+        for state in ckpt["callbacks"].values()
+        if state.get("monitor") == "val/criterion"
+    ]
+    assert scores and all(torch.isfinite(torch.as_tensor(s)) for s in scores)

@@ -161,11 +161,13 @@ BAD_INPUTS = {
     "empty_index_file": (lambda t, d: ["--data.init_args.forget_index_file", _file(t, "empty.txt", "")], "the forget index file is empty"),
     "missing_index_file": (lambda t, d: ["--data.init_args.forget_index_file", t / "nope.txt"], "nope.txt' does not exist; give a path to a list of pool indices"),
     "checkpoint_of_another_split": (lambda t, d: ["--data.init_args.seed", "1"], "was trained on split"),
+    "manifest_of_another_split": (lambda t, d: ["--data.init_args.seed", "1", "--data.init_args.manifest_path", d.manifest], "was made with a different split (seed: manifest 0 vs this run 1)"),
     "checkpoint_with_other_classes": (lambda t, d: ["--model.init_args.backbone.init_args.num_classes", "7"], "has net.5.weight of shape (10, 256) but the backbone expects (7, 256)"),
     "checkpoint_of_other_backbone": (lambda t, d: ["--model.init_args.backbone.init_args.hidden", "[128]"], "does not match the backbone MLP"),
     "missing_checkpoint": (lambda t, d: ["--model.init_args.original_ckpt", t / "nope.ckpt"], "nope.ckpt' does not exist"),
     "truncated_checkpoint": (lambda t, d: ["--model.init_args.original_ckpt", _truncated(t, d)], "is unreadable or truncated (RuntimeError: PytorchStreamReader failed"),
     "not_a_checkpoint": (lambda t, d: ["--model.init_args.original_ckpt", d.config], "is unreadable or truncated (UnpicklingError: Unsupported operand"),
+    "missing_resume_checkpoint": (lambda t, d: ["--ckpt_path", t / "nope.ckpt"], "nope.ckpt' does not exist"),
     "bad_option_wrapped_by_jsonargparse": (lambda t, d: ["--model.init_args.stop_rule", "soon"], "stop_rule='soon' is unknown; choose one of criterion, budget, audit"),
 }  # fmt: skip
 
@@ -271,18 +273,6 @@ def test_unlearning_never_writes_into_the_original_folder(digits):
     )  # fmt: skip
     assert "holds the original checkpoint" in line and "must never overwrite" in line
     assert sha256(digits.original) == before
-
-
-def test_benchmark_refuses_to_replace_earlier_results(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # the benchmark YAML names its stage configs relative to the repo
-    out = tmp_path / "bench"
-    out.mkdir()
-    (out / "results.json").write_text('{"earlier": true}\n')
-    line = user_error(
-        ["benchmark", "--config", CONFIGS / "benchmark" / "fmnist5k.yaml", "--out", out]
-    )
-    assert "results.json already exists; pass --overwrite" in line
-    assert json.loads((out / "results.json").read_text()) == {"earlier": True}
 
 
 def test_a_failed_json_write_leaves_the_previous_file_whole(tmp_path):

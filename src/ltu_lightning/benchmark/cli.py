@@ -70,7 +70,14 @@ def build_parser() -> ArgumentParser:
 
 def benchmark_main(args: list[str]) -> None:
     cfg = build_parser().parse_args(args)
+    out = Path(cfg.out)
+    if (out / "results.json").exists() and not cfg.overwrite:
+        raise LTUError(
+            f"{out}/results.json already exists; pass --overwrite to replace it or choose another --out"
+        )
     bench = load_benchmark(cfg)
+    if cfg.wandb:
+        bench.wandb_group = benchmark_group(bench.name)
     if cfg.only:
         unknown = set(cfg.only) - {m.key for m in bench.methods}
         if unknown:
@@ -78,13 +85,6 @@ def benchmark_main(args: list[str]) -> None:
                 f"--only names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
             )
         bench.methods = [m for m in bench.methods if m.key in cfg.only]
-    out = Path(cfg.out)
-    if (out / "results.json").exists() and not cfg.overwrite:
-        raise LTUError(
-            f"{out}/results.json already exists; pass --overwrite to replace it or choose another --out"
-        )
-    if cfg.wandb:
-        bench.wandb_group = benchmark_group(bench.name)
     start = time.perf_counter()
     print(
         f"benchmark {bench.name}: seeds {bench.seeds}, {len(bench.methods)} methods -> {out}",

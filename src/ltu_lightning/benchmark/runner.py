@@ -75,23 +75,15 @@ class FitResult:
     failure: str | None = None
 
 
-def fit_stage(
+def _stage_args(
     config: str,
     root: Path,
     seed: int,
     manifest: Path,
     overrides: Sequence[str],
     original_ckpt: Path | None = None,
-) -> FitResult:
-    """``ltu fit`` one stage into ``root`` with the seed and split manifest of this benchmark seed.
-
-    The benchmark owns its stage folders: checkpoints of an earlier attempt at this stage are
-    removed first (``ltu benchmark`` refuses to replace earlier *results* without --overwrite).
-    """
-    from ltu_lightning.cli import LTUCLI
-
-    shutil.rmtree(root / "checkpoints", ignore_errors=True)
-
+) -> list[str]:
+    """``ltu fit`` arguments of one stage of one benchmark seed."""
     args = [
         "fit",
         "--config",
@@ -113,6 +105,27 @@ def fit_stage(
         # The benchmark owns its stage folders: re-running an unlearning stage replaces it.
         args += ["--model.init_args.original_ckpt", str(original_ckpt), *OVERWRITE_ARGS]
     args += list(overrides)
+    return args
+
+
+def fit_stage(
+    config: str,
+    root: Path,
+    seed: int,
+    manifest: Path,
+    overrides: Sequence[str],
+    original_ckpt: Path | None = None,
+) -> FitResult:
+    """``ltu fit`` one stage into ``root`` with the seed and split manifest of this benchmark seed.
+
+    The benchmark owns its stage folders: checkpoints of an earlier attempt at this stage are
+    removed first (``ltu benchmark`` refuses to replace earlier *results* without --overwrite).
+    """
+    from ltu_lightning.cli import LTUCLI
+
+    shutil.rmtree(root / "checkpoints", ignore_errors=True)
+
+    args = _stage_args(config, root, seed, manifest, overrides, original_ckpt)
     with _quiet_lightning():
         start = time.perf_counter()
         failure = None
@@ -126,9 +139,7 @@ def fit_stage(
             failure = str(err)
             cli = LTUCLI(args=args[1:], run=False)
         elapsed = time.perf_counter() - start
-    best = root / "checkpoints" / "best.ckpt"
-    criterion = getattr(cli.model, "stop_rule", "criterion") == "criterion"
-    chosen = best if criterion and best.exists() else root / "checkpoints" / "last.ckpt"
+    chosen = selected_checkpoint(cli.model, root)
     score = next(
         (
             cb.best_model_score
@@ -174,11 +185,53 @@ def run_stage(
     return result
 
 
+def selected_checkpoint(model: Any, root: Path) -> Path:
+    """The checkpoint a stage reports: an unlearning run's best epoch by the honest criterion;
+    for the original and the retrained model, the end of their recipe (``last.ckpt``), which is
+    the model unlearning starts from and the gold standard it is compared with."""
+    best = root / "checkpoints" / "best.ckpt"
+    if getattr(model, "stop_rule", None) == "criterion" and best.exists():
+        return best
+    return root / "checkpoints" / "last.ckpt"
+
+
+def reevaluate_stage(
+    config: str, root: Path, seed: int, manifest: Path, overrides: Sequence[str]
+) -> StageResult | None:
+    """Evaluate a reference stage's existing ``last.ckpt`` again (its training time is kept)."""
+    from ltu_lightning.cli import LTUCLI
+
+    path, last = root / "metrics.json", root / "checkpoints" / "last.ckpt"
+    if not (path.is_file() and last.is_file() and manifest.is_file()):
+        return None
+    time_s = json.loads(path.read_text())["time_s"]
+    with _quiet_lightning():
+        cli = LTUCLI(args=_stage_args(config, root, seed, manifest, overrides)[1:], run=False)
+        metrics = evaluate_checkpoint(cli.model, cli.datamodule, str(last), seed=seed)
+    metrics["time_s"] = time_s
+    write_json_atomic(
+        path,
+        {
+            "metrics": metrics,
+            "time_s": time_s,
+            "best_score": None,
+            "checkpoint": str(last),
+            "failure": None,
+        },
+    )
+    return StageResult(metrics, time_s)
+
+
 def _cached(root: Path) -> StageResult | None:
+    """A reference stage (original/retrain) trained and evaluated earlier, reported from its
+    ``last.ckpt``; None when it must be (re)run."""
     path = root / "metrics.json"
-    if not (path.is_file() and (root / "checkpoints" / "last.ckpt").is_file()):
+    last = root / "checkpoints" / "last.ckpt"
+    if not (path.is_file() and last.is_file()):
         return None
     data = json.loads(path.read_text())
+    if Path(data.get("checkpoint", "")).name != last.name:
+        return None
     return StageResult(data["metrics"], data["time_s"], data.get("best_score"))
 
 
@@ -212,6 +265,10 @@ class Benchmark:
                 (("original", self.original), ("retrain", self.retrain))
             ):
                 cached = _cached(root / key) if manifest.exists() else None
+                if cached is None:
+                    cached = reevaluate_stage(
+                        config, root / key, seed, manifest, self._stage_overrides(key, seed)
+                    )
                 if cached is not None:
                     progress(
                         f"[seed {seed}] {i + 1}/{stages} {key}: reusing {root / key} ({cached.time_s:.1f}s)"

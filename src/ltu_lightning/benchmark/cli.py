@@ -78,7 +78,7 @@ def benchmark_main(args: list[str]) -> None:
     bench = load_benchmark(cfg)
     if cfg.wandb:
         bench.wandb_group = benchmark_group(bench.name)
-    if cfg.only:
+    if cfg.only is not None:
         unknown = set(cfg.only) - {m.key for m in bench.methods}
         if unknown:
             raise LTUError(

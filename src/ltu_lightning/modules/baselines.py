@@ -241,7 +241,7 @@ class RandomLabel(BaselineModule):
     concatenated into one training set (SalUn's RL).
 
     Args:
-        seed: seed of the random labels.
+        generator_seed: seed of the random labels (named apart from the data module's ``seed``).
         others: those of :class:`BaselineModule`.
     """
 
@@ -253,10 +253,10 @@ class RandomLabel(BaselineModule):
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         stop_rule: str = "criterion",
-        seed: int = 0,
+        generator_seed: int = 0,
     ) -> None:
         super().__init__(backbone, original_ckpt, num_classes, optimizer, lr_scheduler, stop_rule)
-        self.random_labels = RandomLabelLoss(num_classes, seed=seed)
+        self.random_labels = RandomLabelLoss(num_classes, seed=generator_seed)
 
     def relabel(self, targets: Tensor) -> Tensor:
         """One random wrong label per forget target."""
@@ -289,7 +289,7 @@ class SalUn(RandomLabel):
 
     Args:
         sparsity: fraction of the weights that are updated (SalUn's threshold; default 0.5).
-        seed: seed of the random labels.
+        generator_seed: seed of the random labels (named apart from the data module's ``seed``).
         others: those of :class:`BaselineModule`.
     """
 
@@ -301,11 +301,11 @@ class SalUn(RandomLabel):
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         stop_rule: str = "criterion",
-        seed: int = 0,
+        generator_seed: int = 0,
         sparsity: float = 0.5,
     ) -> None:
         super().__init__(
-            backbone, original_ckpt, num_classes, optimizer, lr_scheduler, stop_rule, seed
+            backbone, original_ckpt, num_classes, optimizer, lr_scheduler, stop_rule, generator_seed
         )
         if not 0.0 < sparsity <= 1.0:
             raise LTUError(

@@ -58,7 +58,8 @@ class LTUModule(UnlearningModule):
         bn_mode: ``eval`` freezes BatchNorm running statistics during unlearning; ``train``.
         stop_rule: ``criterion`` (default), ``audit`` (stop when the auditors score D_f no
             higher than unseen data) or ``budget``.
-        seed: seed of the auditors and of the ``random_label`` loss.
+        generator_seed: seed of the auditors and of the ``random_label`` loss (named apart from
+            the data module's split ``seed``: Lightning merges both hparams into one namespace).
     """
 
     stop_rules = (*STOP_RULES, "audit")
@@ -87,7 +88,7 @@ class LTUModule(UnlearningModule):
         balance_c: float = 10.0,
         bn_mode: str = "eval",
         stop_rule: str = "criterion",
-        seed: int = 0,
+        generator_seed: int = 0,
     ) -> None:
         super().__init__(backbone, original_ckpt, optimizer, lr_scheduler, stop_rule)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
@@ -98,9 +99,11 @@ class LTUModule(UnlearningModule):
             num_auditors=num_auditors,
             feature_sets=auditor_features,
             epochs=auditor_epochs,
-            seed=seed,
+            seed=generator_seed,
         )
-        self.forget_objective = make_forget_loss(forget_loss, num_classes, self.auditors, seed=seed)
+        self.forget_objective = make_forget_loss(
+            forget_loss, num_classes, self.auditors, seed=generator_seed
+        )
         self.harmonizer_kwargs = dict(
             inner_lr=inner_lr,
             inner_steps=inner_steps,

@@ -134,3 +134,23 @@ def test_grid_points_is_the_full_factorial():
     points = grid_points({"--a": [1, 2], "--b": ["x", "y", "z"]})
     assert len(points) == 6 and {"--a": 2, "--b": "z"} in points
     assert grid_points({}) == [{}]
+
+
+@pytest.mark.parametrize("grid", sorted((CONFIGS / "tuning").glob("*.yaml")), ids=lambda p: p.stem)
+def test_tuning_grids_name_benchmark_methods_and_valid_flags(grid, run_ltu, capsys):
+    """Each grid names methods of the fmnist5k benchmark, and every flag value is accepted by
+    that method's stage config (checked by LightningCLI's own parser via --print_config)."""
+    methods = {
+        m["key"]: m
+        for m in yaml.safe_load((CONFIGS / "benchmark" / "fmnist5k.yaml").read_text())["methods"]
+    }
+    for key, flags in yaml.safe_load(grid.read_text()).items():
+        assert key in methods, (grid.stem, key)
+        point = [str(x) for flag, values in flags.items() for x in (flag, values[0])]
+        run_ltu(["fit", "--config", REPO / methods[key]["config"], *point, "--print_config"])
+        resolved = yaml.safe_load(capsys.readouterr().out)
+        for flag, values in flags.items():
+            node = resolved
+            for part in flag.removeprefix("--").split("."):
+                node = node[part]
+            assert node == values[0], (grid.stem, key, flag)

@@ -79,3 +79,13 @@ def skip_md5(monkeypatch):
     from fake_datasets import skip_md5 as _skip_md5
 
     _skip_md5(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module: tiny models run as fast and are immune to
+    oversubscribed CPUs (OpenMP spin-waits made them 5-10x slower on a busy 2-core host)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -34,13 +34,8 @@ CONFIG_NAMES = ("ft", "ga", "rl", "neggrad_plus", "l1_sparse", "salun", "scrub")
 HIDDEN = [64]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and immune to oversubscribed CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: one torch thread per test module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sha(path: Path) -> str:

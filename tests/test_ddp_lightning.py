@@ -176,12 +176,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         (root / f"bn_train_error{rank}.txt").write_text(str(err))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: one torch thread per test module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

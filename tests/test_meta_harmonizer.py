@@ -16,13 +16,8 @@ from ltu_lightning.optim import MetaHarmonizer, gradient_stats
 Batch = tuple[Tensor, Tensor]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP hand-offs cost more than they save (10 ms per op on a busy host)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: one torch thread per test module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyMLP(nn.Module):

@@ -40,13 +40,8 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 BACKBONE = {"class_path": "ltu_lightning.models.MLP", "init_args": {"num_classes": 10, "in_features": 64, "hidden": [256, 256]}}  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and immune to oversubscribed CPUs (5x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: one torch thread per test module (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Two gloo processes (CPU) are spawned once per module; the workers write their re
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from torch import Tensor, nn
 
 from ltu_lightning.optim import MetaHarmonizer, harmonize
@@ -90,10 +90,12 @@ def _conflict_step(rank: int | None) -> Tensor:
     return (before - model.weight.detach()).reshape(-1)
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
+def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    # a TCP store on the loopback: the file:// store aborted (SIGABRT) on some CI machines
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
     sizes: list[int] = []
     all_reduce = dist.all_reduce
 
@@ -119,7 +121,11 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
     context = mp.start_processes(
-        _worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=False, start_method="spawn"
+        _worker,
+        args=(find_free_network_port(), str(tmp)),
+        nprocs=WORLD,
+        join=False,
+        start_method="spawn",
     )
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):

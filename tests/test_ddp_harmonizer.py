@@ -6,18 +6,17 @@ Two gloo processes (CPU) are spawned once per module; the workers write their re
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from torch import Tensor, nn
 
 from ltu_lightning.optim import MetaHarmonizer, harmonize
+from spawned import run_spawned
 
 WORLD = 2
 STEPS = 3
@@ -120,19 +119,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(
-        _worker,
-        args=(find_free_network_port(), str(tmp)),
-        nprocs=WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the gloo workers did not finish within 120 s (deadlock?)")
+    run_spawned(_worker, (find_free_network_port(), str(tmp)), WORLD, 120, tmp / "logs")
     return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -16,7 +16,6 @@ Steps stay below the shorter stream's end, where the sampler would pad.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,6 @@ from unittest import mock
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from lightning.pytorch.strategies import (
     DDPStrategy,
@@ -45,6 +43,7 @@ from ltu_lightning.models import MLP
 from ltu_lightning.modules import ClassifierModule, LTUModule
 from ltu_lightning.modules.baselines import SCRUB, SalUn
 from ltu_lightning.modules.strategy import SUPPORTED, check_strategy
+from spawned import run_spawned
 
 WORLD = 2
 PER_RANK = 8
@@ -186,19 +185,7 @@ def ddp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     UnlearningDataModule(
         "digits", holdout=0.2, manifest_path=str(tmp / "split_manifest.json")
     ).setup()
-    context = mp.start_processes(
-        _worker,
-        args=(find_free_network_port(), str(tmp)),
-        nprocs=WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the DDP workers did not finish within {TIMEOUT_S} s (deadlock?)")
+    run_spawned(_worker, (find_free_network_port(), str(tmp)), WORLD, TIMEOUT_S, tmp / "logs")
     return tmp
 
 

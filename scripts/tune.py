@@ -1,7 +1,7 @@
 """Choose each method's hyperparameters on the validation holdout (never the test split).
 
     python scripts/tune.py --benchmark configs/benchmark/fmnist5k.yaml \
-        --grid configs/tuning/fmnist5k.yaml --seed 0 --out runs/tune/fmnist5k
+        --grid configs/tuning/fmnist5k.yaml --seeds 0 1 2 --out runs/tune/fmnist5k
 
 The grid YAML maps a method key of the benchmark to ``{ltu fit flag: [values]}``; the chosen
 values are then written into the method's stage config by hand (they live in configs/).
@@ -23,7 +23,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", required=True)
     parser.add_argument("--grid", required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="score = mean over these seeds"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=None, help="method keys to tune")
     args = parser.parse_args()
@@ -31,8 +33,9 @@ def main() -> None:
     grids = yaml.safe_load(Path(args.grid).read_text())
     if args.only:
         grids = {k: v for k, v in grids.items() if k in args.only}
-    report = tune(bench, grids, args.seed, args.out, progress=lambda s: print(s, flush=True))
+    report = tune(bench, grids, args.seeds, args.out, progress=lambda s: print(s, flush=True))
     text = tuning_markdown(report)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tuning.md").write_text(text)
     print(text)
 

@@ -7,6 +7,8 @@ test split or a retrained model, and every method gets the same kind of grid and
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,67 +26,111 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _mean_std(values: list[float | None]) -> tuple[float, float]:
+    """Mean and sample std; a missing or non-finite score (a failed fit) makes the mean +inf."""
+    if not values or any(v is None or not math.isfinite(v) for v in values):
+        return math.inf, math.nan
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def _best_epoch(checkpoint: Path) -> int | None:
+    if not checkpoint.exists():
+        return None
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=True).get("epoch")
+
+
 def tune(
-    bench: Benchmark, grids: dict[str, dict[str, list[Any]]], seed: int, out: Path, progress=print
+    bench: Benchmark,
+    grids: dict[str, dict[str, list[Any]]],
+    seeds: int | Sequence[int],
+    out: Path,
+    progress=print,
 ) -> dict[str, Any]:
-    """Fit every grid point of every method on one seed; keep the lowest best ``val/criterion``."""
+    """Fit every grid point of every method on every seed; keep the lowest mean ``val/criterion``.
+
+    A grid point's score is the mean over ``seeds`` (each seed its own split and original model)
+    of the best validation criterion of its fit: one seed's 500 validation images make the
+    criterion noisy (±0.4 between neighbouring points), and the minimum of many noisy scores
+    favours a lucky point (the winner's curse). A point that fails on any seed scores +inf.
+    """
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise LTUError("tune needs at least one seed; pass --seeds 0 1 2")
     unknown = set(grids) - {m.key for m in bench.methods}
     if unknown:
         raise LTUError(
             f"grid names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
         )
-    root = out / f"seed_{seed}"
-    manifest = root / "split_manifest.json"
-    if _cached(root / "original") is None or not manifest.exists():
-        progress(f"[tune] original model for seed {seed} ...")
-        run_stage(bench.original, root / "original", seed, manifest, bench.overrides)
-    original_ckpt = root / "original" / "checkpoints" / "last.ckpt"
-    report: dict[str, Any] = {"benchmark": bench.name, "seed": seed, "methods": {}}
+    manifests: dict[int, Path] = {}
+    for seed in seeds:
+        root = out / f"seed_{seed}"
+        manifests[seed] = root / "split_manifest.json"
+        if _cached(root / "original") is None or not manifests[seed].exists():
+            progress(f"[tune] original model for seed {seed} ...")
+            run_stage(bench.original, root / "original", seed, manifests[seed], bench.overrides)
+    report: dict[str, Any] = {"benchmark": bench.name, "seeds": seeds, "methods": {}}
     for method in bench.methods:
         if method.key not in grids:
             continue
         rows = []
         for i, point in enumerate(grid_points(grids[method.key])):
             flags = [str(x) for kv in point.items() for x in kv]
-            folder = root / method.folder / f"point_{i}"
-            fit = fit_stage(
-                method.config,
-                folder,
-                seed,
-                manifest,
-                [*bench.overrides, *method.overrides, *flags],
-                original_ckpt,
-            )
-            epoch = None
-            if fit.checkpoint.exists():
-                import torch
-
-                epoch = torch.load(fit.checkpoint, map_location="cpu", weights_only=True).get(
-                    "epoch"
+            per_seed: dict[str, dict[str, Any]] = {}
+            for seed in seeds:
+                root = out / f"seed_{seed}"
+                fit = fit_stage(
+                    method.config,
+                    root / method.folder / f"point_{i}",
+                    seed,
+                    manifests[seed],
+                    [*bench.overrides, *method.overrides, *flags],
+                    root / "original" / "checkpoints" / "last.ckpt",
                 )
+                per_seed[str(seed)] = {
+                    "criterion": fit.best_score,
+                    "epoch": _best_epoch(fit.checkpoint),
+                    "time_s": fit.time_s,
+                }
+            mean, std = _mean_std([r["criterion"] for r in per_seed.values()])
             rows.append(
-                {"point": point, "criterion": fit.best_score, "epoch": epoch, "time_s": fit.time_s}
+                {
+                    "point": point,
+                    "criterion": mean,
+                    "criterion_std": std,
+                    "per_seed": per_seed,
+                    "time_s": sum(r["time_s"] for r in per_seed.values()),
+                }
             )
-            progress(
-                f"[tune] {method.key} {point}: val criterion {fit.best_score:.3f} (epoch {epoch}, "
-                f"{fit.time_s:.0f}s)"
-            )
-        best = min(rows, key=lambda r: float("inf") if r["criterion"] is None else r["criterion"])
+            progress(f"[tune] {method.key} {point}: val criterion {_score(rows[-1])}")
+        best = min(rows, key=lambda r: r["criterion"])
         report["methods"][method.key] = {"grid": grids[method.key], "points": rows, "chosen": best}
         write_json_atomic(out / "tuning.json", report)
     return report
 
 
+def _score(row: dict[str, Any]) -> str:
+    epochs = ", ".join(str(r["epoch"]) for r in row["per_seed"].values())
+    if not math.isfinite(row["criterion"]):
+        return f"failed on a seed (epochs {epochs})"
+    return f"{row['criterion']:.3f} ± {row['criterion_std']:.3f} (best epochs {epochs})"
+
+
 def tuning_markdown(report: dict[str, Any]) -> str:
+    seeds = ", ".join(str(s) for s in report["seeds"])
     lines = [
-        f"Tuning `{report['benchmark']}` on seed {report['seed']} (lower val criterion is better):",
+        f"Tuning `{report['benchmark']}` on seeds {seeds}: mean ± std over seeds of each fit's "
+        "best validation criterion (lower is better).",
         "",
     ]
     for key, entry in report["methods"].items():
         lines.append(
             f"- **{key}**: grid {entry['grid']} → chosen {entry['chosen']['point']} "
-            f"(criterion {entry['chosen']['criterion']:.3f}, epoch {entry['chosen']['epoch']})"
+            f"(criterion {_score(entry['chosen'])})"
         )
         for row in entry["points"]:
-            lines.append(f"  - {row['point']}: {row['criterion']:.3f} (epoch {row['epoch']})")
+            lines.append(f"  - {row['point']}: {_score(row)}")
     return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ from fake_datasets import (
 )
 from ltu_lightning.data import DATASETS, UnlearningDataModule, load_dataset
 from ltu_lightning.data.datasets import STATS
-from ltu_lightning.data.transforms import build_transforms
+from ltu_lightning.data.transforms import build_transforms, is_deterministic
 from ltu_lightning.errors import LTUError
 
 TORCHVISION = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
@@ -347,3 +347,26 @@ def test_train_on_role(train_on):
 def test_bad_train_on_or_access(kwargs, pattern):
     with pytest.raises(LTUError, match=pattern):
         fmnist_dm(**kwargs)
+
+
+def test_deterministic_views_of_in_memory_data_are_cached_and_equal(tmp_path):
+    data = UnlearningDataModule("digits", holdout=0.2, manifest_path=str(tmp_path / "m.json"))
+    data.setup()
+    test = data.role_dataset("test")
+    first = test[3]
+    assert test[3] is first  # kept, not recomputed
+    fresh = data.bundle.with_transform(data.bundle.test, build_transforms("digits", False))
+    assert torch.equal(fresh[3][0], first[0]) and fresh[3][1] == first[1]
+    assert fresh[3] is not fresh[3]  # no cache unless asked for
+
+
+def test_random_transforms_are_never_cached(fake_root, skip_md5, tmp_path):
+    assert is_deterministic(build_transforms("cifar10", train=False))
+    assert not is_deterministic(build_transforms("cifar10", train=True))
+    assert is_deterministic(build_transforms("fmnist5k", train=True))  # no augmentation
+    data = UnlearningDataModule(
+        "cifar10", root=str(fake_root[0]), holdout=0.2, manifest_path=str(tmp_path / "m.json")
+    )
+    data.setup()
+    train = data.role_dataset("train", train=True)
+    assert train[0] is not train[0]

@@ -22,7 +22,7 @@ from ltu_lightning.data.splits import (
     read_index_file,
     retain_subset_of,
 )
-from ltu_lightning.data.transforms import build_transforms
+from ltu_lightning.data.transforms import build_transforms, is_deterministic
 from ltu_lightning.errors import LTUError
 
 #: What a ``fit`` trains on: the original model (``train``), the retrain gold standard
@@ -221,11 +221,12 @@ class UnlearningDataModule(L.LightningDataModule):
         transform = build_transforms(
             self.dataset_name, train, self.hparams.augment, self.hparams.image_size
         )
+        cache = is_deterministic(transform)
         if role == "test":
-            return self.bundle.with_transform(self.bundle.test, transform)
+            return self.bundle.with_transform(self.bundle.test, transform, cache)
         if role not in ROLES:
             raise LTUError(f"unknown role {role!r}; choose 'test' or one of {', '.join(ROLES)}")
-        base = self.bundle.with_transform(self.bundle.pool, transform)
+        base = self.bundle.with_transform(self.bundle.pool, transform, cache)
         return Subset(base, self.role_indices(role).tolist())
 
     def role_targets(self, role: str) -> Any:

@@ -69,22 +69,33 @@ class DatasetBundle:
     num_classes: int
     fingerprint: str
 
-    def with_transform(self, dataset: Dataset, transform: Any) -> Dataset:
-        """A view of ``pool`` or ``test`` that applies ``transform`` to each image."""
-        return _TransformView(dataset, transform)
+    def with_transform(self, dataset: Dataset, transform: Any, cache: bool = False) -> Dataset:
+        """A view of ``pool`` or ``test`` that applies ``transform`` to each image.
+
+        ``cache=True`` (only for a deterministic transform) keeps each transformed image of an
+        in-memory dataset after its first use, so the per-epoch validation passes of an
+        unlearning run stop re-running the transform pipeline; other datasets are not cached.
+        """
+        return _TransformView(dataset, transform, cache and isinstance(dataset, TensorImageDataset))
 
 
 class _TransformView(Dataset):
-    def __init__(self, base: Dataset, transform: Any):
+    def __init__(self, base: Dataset, transform: Any, cache: bool = False):
         self.base = base
         self.transform = transform
+        self._cache: list[Any] | None = [None] * len(base) if cache else None  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        if self._cache is not None and self._cache[index] is not None:
+            return self._cache[index]
         image, target = self.base[index]
-        return self.transform(image), int(target)
+        item = (self.transform(image), int(target))
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
 
 
 def _fingerprint(name: str, pool_targets: np.ndarray, test_targets: np.ndarray, extra: str) -> str:

@@ -14,6 +14,11 @@ AUGMENTED_BY_DEFAULT = ("cifar10", "cifar100", "svhn", "imagefolder")
 DIGITS = ("svhn", "mnist", "mnist5k", "digits")
 
 
+def is_deterministic(transform: v2.Compose) -> bool:
+    """True when no step of ``transform`` draws random numbers (its output can be cached)."""
+    return not any(type(step).__name__.startswith("Random") for step in transform.transforms)
+
+
 def build_transforms(
     dataset: str, train: bool, augment: bool | None = None, image_size: int | None = None
 ) -> v2.Compose:

@@ -75,6 +75,8 @@ CASES: dict[str, tuple[Callable[[], L.LightningModule], str]] = {
         ),
         "unlearn",
     ),
+    # random labels: each rank keeps its share of one draw for the global batch
+    "ltu_random_label": (lambda: LTUModule(_bn_mlp(), forget_loss="random_label"), "unlearn"),
     "classifier": (lambda: ClassifierModule(_mlp()), "train"),
     "salun": (lambda: SalUn(_mlp()), "unlearn"),  # mask from each rank's full forget set
     "scrub": (lambda: SCRUB(_mlp()), "unlearn"),  # manual optimization, two backwards a step
@@ -205,16 +207,7 @@ def test_ranks_end_with_identical_modules(ddp_dir: Path, name: str) -> None:
         assert torch.equal(rank0[key], rank1[key]), key
 
 
-RANDOM_LABELS = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: each rank draws random labels for its shard from the same seeded stream, "
-    "not its share of one draw for the global batch",
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=RANDOM_LABELS) if n == "salun" else n for n in CASES]
-)
+@pytest.mark.parametrize("name", list(CASES))
 def test_ranks_match_one_process_on_the_global_batch(
     ddp_dir: Path, tmp_path: Path, name: str
 ) -> None:

@@ -31,8 +31,9 @@ from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.data.splits import SplitSpec, make_split, read_index_file, write_json_atomic
 from ltu_lightning.errors import LTUError
 from ltu_lightning.models import MLP
+from ltu_lightning.modules.base import OVERWRITE_ARGS
 from ltu_lightning.modules.checkpoints import load_checkpoint
-from ltu_lightning.modules.unlearning import HELPER_STATE_KEY, OVERWRITE_ARGS, UnlearningModule
+from ltu_lightning.modules.unlearning import HELPER_STATE_KEY, UnlearningModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -268,6 +269,20 @@ def test_unlearning_never_writes_into_the_original_folder(digits):
     )  # fmt: skip
     assert "holds the original checkpoint" in line and "must never overwrite" in line
     assert sha256(digits.original) == before
+
+
+def test_pretraining_again_into_the_original_folder_is_refused(digits):
+    """The original model's own stage is guarded too: a second ``fit`` of the pretraining config
+    into its folder (the easiest way to lose it) stops before the first step."""
+    before = sha256(digits.original), sorted(p.name for p in digits.original.parent.iterdir())
+    line = user_error(
+        ["fit", "--config", CONFIGS / "pretrain" / "digits.yaml", "--trainer.max_epochs", "1",
+         "--trainer.default_root_dir", digits.original.parents[1],
+         "--data.init_args.manifest_path", digits.manifest, "--trainer.logger", "false", *QUIET]
+    )  # fmt: skip
+    assert "already holds best.ckpt, last.ckpt from an earlier run" in line
+    after = sha256(digits.original), sorted(p.name for p in digits.original.parent.iterdir())
+    assert after == before
 
 
 def test_a_failed_json_write_leaves_the_previous_file_whole(tmp_path):

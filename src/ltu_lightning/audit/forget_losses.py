@@ -57,6 +57,14 @@ class NegCELoss:
         return -F.cross_entropy(logits.float(), targets)
 
 
+def _world_and_rank() -> tuple[int, int]:
+    """(world size, rank) of the default process group; (1, 0) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 class RandomLabelLoss:
     """``CE(logits, r)`` with ``r`` a random label different from the true one.
 
@@ -64,6 +72,12 @@ class RandomLabelLoss:
     ``r`` is drawn on every call from the loss's own CPU generator (seeded by ``seed``), so the
     model is pushed away from ``y`` without being taught a fixed wrong mapping, and the global
     RNG stream (data order, augmentations) is left untouched.
+
+    Under data parallelism (an initialized process group of W ranks) every rank draws the
+    labels of the whole global batch of ``W × local`` samples from the same generator state and
+    keeps its share, positions ``rank, rank + W, …``: the interleaving in which
+    ``DistributedSampler`` deals a permutation to the ranks. The ranks then relabel exactly as
+    one process would relabel the global batch, and their generators stay in step.
     """
 
     name = "random_label"
@@ -83,7 +97,9 @@ class RandomLabelLoss:
 
     def sample_labels(self, targets: Tensor) -> Tensor:
         """Draw one wrong label per target (advances the generator)."""
-        shift = torch.randint(1, self.num_classes, targets.shape, generator=self.generator)
+        world, rank = _world_and_rank()
+        shape = (targets.shape[0] * world, *targets.shape[1:])
+        shift = torch.randint(1, self.num_classes, shape, generator=self.generator)[rank::world]
         return (targets.cpu().long() + shift).remainder(self.num_classes).to(targets.device)
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.cli import evaluate_checkpoint
 from ltu_lightning.evaluation.metrics import avg_gap
-from ltu_lightning.modules.unlearning import OVERWRITE_ARGS
+from ltu_lightning.modules.base import OVERWRITE_ARGS
 from ltu_lightning.tracking import finish_wandb_stage, wandb_stage_args
 
 REFERENCE_STAGES = ("original", "retrain")

@@ -15,6 +15,44 @@ from torch import nn
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.checkpoints import SPLIT_KEY
 
+OVERWRITE_ARGS = ("--trainer.callbacks+=RunFolderGuard", "--trainer.callbacks.overwrite", "true")
+
+
+class RunFolderGuard(L.Callback):
+    """Keeps a ``fit`` from destroying earlier results (an original model's checkpoints too).
+
+    At fit start (after a resumed checkpoint is loaded, before any step), it refuses a
+    ``trainer.default_root_dir`` that holds the original checkpoint, and a ``checkpoints/``
+    folder that already holds checkpoints, unless this fit resumes from one of them
+    (``--ckpt_path <dir>/checkpoints/last.ckpt``) or ``overwrite`` is set (``OVERWRITE_ARGS``).
+    Every ``BaseModule`` (pretraining, retraining, unlearning) adds one unless the trainer
+    already has one.
+    """
+
+    def __init__(self, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        root = Path(trainer.default_root_dir).resolve()
+        folder = root / "checkpoints"
+        original = getattr(pl_module, "original_ckpt", None)
+        if original is not None and Path(original).resolve().parent in (root, folder):
+            raise LTUError(
+                f"trainer.default_root_dir {trainer.default_root_dir!r} holds the original checkpoint "
+                f"{original!r}, which unlearning must never overwrite; pass another --trainer.default_root_dir"
+            )
+        earlier = sorted(p.name for p in folder.glob("*.ckpt"))
+        resumed = (
+            trainer.ckpt_path is not None and Path(trainer.ckpt_path).resolve().parent == folder
+        )
+        if earlier and not (resumed or self.overwrite):
+            # not a resume: a fit that writes here would replace these files
+            raise LTUError(
+                f"{folder} already holds {', '.join(earlier)} from an earlier run; resume it with "
+                f"--ckpt_path {folder / 'last.ckpt'}, write elsewhere with --trainer.default_root_dir, "
+                f"or replace it with {' '.join(OVERWRITE_ARGS)}"
+            )
+
 
 class BaseModule(L.LightningModule):
     #: metric the stage's ModelCheckpoint keeps the best of, and its direction
@@ -97,6 +135,8 @@ class BaseModule(L.LightningModule):
         dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
         common = dict(dirpath=dirpath, enable_version_counter=False, auto_insert_metric_name=False)
         callbacks: list[L.Callback] = [ModelCheckpoint(filename="last", save_top_k=1, **common)]
+        if not any(isinstance(cb, RunFolderGuard) for cb in self.trainer.callbacks):
+            callbacks.append(RunFolderGuard())
         if self.monitor is not None:
             callbacks.insert(
                 0,

@@ -12,10 +12,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -30,44 +28,9 @@ STOP_RULES = ("criterion", "budget")
 Batch = tuple[torch.Tensor, torch.Tensor]
 #: checkpoint key of the state of plain (non-``nn.Module``) helpers, e.g. a loss's generator
 HELPER_STATE_KEY = "ltu_helper_states"
+
+
 #: ``ltu fit`` flags that let an unlearning run replace the checkpoints of an earlier one
-OVERWRITE_ARGS = ("--trainer.callbacks+=RunFolderGuard", "--trainer.callbacks.overwrite", "true")
-
-
-class RunFolderGuard(L.Callback):
-    """Keeps an unlearning ``fit`` from destroying earlier results.
-
-    At fit start (after a resumed checkpoint is loaded, before any step), it refuses a
-    ``trainer.default_root_dir`` that holds the original checkpoint, and a ``checkpoints/``
-    folder that already holds checkpoints, unless this fit resumes from one of them
-    (``--ckpt_path <dir>/checkpoints/last.ckpt``) or ``overwrite`` is set (``OVERWRITE_ARGS``).
-    ``UnlearningModule`` adds one unless the trainer already has one.
-    """
-
-    def __init__(self, overwrite: bool = False) -> None:
-        self.overwrite = overwrite
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        root = Path(trainer.default_root_dir).resolve()
-        folder = root / "checkpoints"
-        original = getattr(pl_module, "original_ckpt", None)
-        if original is not None and Path(original).resolve().parent in (root, folder):
-            raise LTUError(
-                f"trainer.default_root_dir {trainer.default_root_dir!r} holds the original checkpoint "
-                f"{original!r}, which unlearning must never overwrite; pass another --trainer.default_root_dir"
-            )
-        earlier = sorted(p.name for p in folder.glob("*.ckpt"))
-        resumed = (
-            trainer.ckpt_path is not None and Path(trainer.ckpt_path).resolve().parent == folder
-        )
-        if earlier and not (resumed or self.overwrite):
-            raise LTUError(
-                f"{folder} already holds {', '.join(earlier)} from an earlier run; resume it with "
-                f"--ckpt_path {folder / 'last.ckpt'}, write elsewhere with --trainer.default_root_dir, "
-                f"or replace it with {' '.join(OVERWRITE_ARGS)}"
-            )
-
-
 class UnlearningModule(BaseModule):
     """Base of the unlearning methods (LTU and the baselines).
 
@@ -182,12 +145,6 @@ class UnlearningModule(BaseModule):
             )
 
     # ----------------------------------------------------------- checkpoints
-    def configure_callbacks(self) -> list[L.Callback]:
-        callbacks = super().configure_callbacks()
-        if callbacks and not any(isinstance(cb, RunFolderGuard) for cb in self.trainer.callbacks):
-            callbacks.append(RunFolderGuard())
-        return callbacks
-
     def stateful_helpers(self) -> dict[str, Any]:
         """Plain attributes with state of their own outside ``nn.Module`` (e.g. the random-label
         generator of ``RandomLabelLoss``): saved in checkpoints so that a resumed run continues

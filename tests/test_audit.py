@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
@@ -229,16 +228,6 @@ def _random_audit_data(n_mem: int, n_non: int):
     ym = torch.randint(0, 10, (n_mem,), generator=gen)
     yn = torch.randint(0, 10, (n_non,), generator=gen)
     return mem, ym, non, yn
-
-
-def test_fit_is_fast():
-    mem, ym, non, yn = _random_audit_data(1000, 1000)
-    AuditorEnsemble(epochs=2).fit(mem, ym, non, yn)  # warm up torch's lazy init
-    t0 = time.perf_counter()
-    AuditorEnsemble().fit(mem, ym, non, yn)
-    elapsed = time.perf_counter() - t0
-    print(f"fit 3 auditors on 2x1000 samples: {elapsed:.3f} s")
-    assert elapsed < 5.0  # ~0.5 s on an idle core; generous for loaded machines
 
 
 def test_fit_is_deterministic_and_works_in_inference_mode():

@@ -26,7 +26,7 @@ from ltu_lightning.optim import MetaHarmonizer
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=4e-3, momentum=0.9)
+    return torch.optim.SGD(params, lr=8e-3, momentum=0.9)
 
 
 class LTUModule(UnlearningModule):
@@ -36,7 +36,7 @@ class LTUModule(UnlearningModule):
         backbone: architecture of the original model.
         original_ckpt: the original model's checkpoint (``ClassifierModule``).
         num_classes: number of classes (for the ``random_label`` forgetting loss).
-        optimizer: outer optimizer factory (lr β). Default SGD(lr=4e-3, momentum=0.9), chosen
+        optimizer: outer optimizer factory (lr β). Default SGD(lr=8e-3, momentum=0.9), chosen
             with α on the fmnist5k validation holdout over 3 seeds (docs/tuning_fmnist5k.md).
         lr_scheduler: optional scheduler factory, stepped each epoch.
         forget_loss: ``mi`` (membership auditors, default), ``neg_ce``, ``random_label``,

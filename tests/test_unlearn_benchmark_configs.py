@@ -117,6 +117,16 @@ def test_benchmark_refuses_to_clobber_results_without_overwrite(in_tmp, run_ltu)
     assert (out / "results.json").read_text() == "{}"
 
 
+def test_overwrite_is_a_flag_with_an_optional_value():
+    from ltu_lightning.benchmark.cli import build_parser
+
+    config = ["--config", str(CONFIGS / "benchmark" / "digits.yaml")]
+    parse = build_parser().parse_args
+    assert parse(config).overwrite is False
+    assert parse([*config, "--overwrite"]).overwrite is True  # what the refusal tells users
+    assert parse([*config, "--overwrite", "false"]).overwrite is False
+
+
 def test_classwise_retrain_does_not_know_the_forgotten_class(in_tmp, run_ltu):
     """Sanity check of the protocol: a model retrained without class 0 scores UA ~ 100."""
     flags = ["--data.forget_classes", "[0]", "--data.forget_fraction", "null",

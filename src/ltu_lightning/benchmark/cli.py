@@ -53,6 +53,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--overwrite",
         type=bool,
+        nargs="?",
+        const=True,
         default=False,
         help="replace results.* of an earlier run in --out (stage checkpoints are reused)",
     )

@@ -271,6 +271,19 @@ def test_unlearning_never_writes_into_the_original_folder(digits):
     assert sha256(digits.original) == before
 
 
+def test_ckpt_path_last_resumes_the_run_in_default_root_dir(digits, tmp_path):
+    """``--ckpt_path last`` (Lightning's keyword) resumes ``<default_root_dir>/checkpoints/
+    last.ckpt``; Lightning alone would not find it (the module adds the checkpoint callbacks)."""
+    ckpts = unlearn(digits, tmp_path / "ltu", "--trainer.max_epochs", "1")
+    unlearn(digits, tmp_path / "ltu", "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert load_checkpoint(ckpts / "last.ckpt")["epoch"] == 1  # went on from epoch 0
+    line = user_error(
+        ["fit", "--config", digits.config, "--trainer.default_root_dir", tmp_path / "empty",
+         "--ckpt_path", "best"]
+    )  # fmt: skip
+    assert line.startswith("error: --ckpt_path best: there is no ") and "empty" in line
+
+
 def test_pretraining_again_into_the_original_folder_is_refused(digits):
     """The original model's own stage is guarded too: a second ``fit`` of the pretraining config
     into its folder (the easiest way to lose it) stops before the first step."""

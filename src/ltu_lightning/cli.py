@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 from jsonargparse import Namespace
@@ -63,6 +64,35 @@ class LTUCLI(LightningCLI):
             cls = getattr(importlib.import_module(module), name)
             if issubclass(cls, WandbLogger) and "WANDB_MODE" in os.environ:
                 init.offline = False
+
+    # ``--ckpt_path last|best``: Lightning looks for them among the trainer's own checkpoint
+    # callbacks before the module's (``configure_callbacks``) exist, so it finds nothing and
+    # starts from scratch. Our stages write both under ``<default_root_dir>/checkpoints/``.
+    def _resolve_ckpt_keyword(self) -> None:
+        config = self.config_init[self.subcommand]
+        keyword = config.get("ckpt_path")
+        if keyword not in ("last", "best"):
+            return
+        path = Path(self.trainer.default_root_dir) / "checkpoints" / f"{keyword}.ckpt"
+        if not path.is_file():
+            raise LTUError(
+                f"--ckpt_path {keyword}: there is no {path}; give the path of a checkpoint, or "
+                f"the --trainer.default_root_dir of the run that wrote it"
+            )
+        load_checkpoint(path)  # the same safe read as for an explicit path
+        config["ckpt_path"] = str(path)
+
+    def before_fit(self) -> None:
+        self._resolve_ckpt_keyword()
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_keyword()
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_keyword()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_keyword()
 
 
 def run(args: list[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -28,7 +29,13 @@ from hypothesis import strategies as st
 
 from conftest import LTURunError, _run_ltu
 from ltu_lightning.data import UnlearningDataModule
-from ltu_lightning.data.splits import SplitSpec, make_split, read_index_file, write_json_atomic
+from ltu_lightning.data.splits import (
+    SplitSpec,
+    atomic_path,
+    make_split,
+    read_index_file,
+    write_json_atomic,
+)
 from ltu_lightning.errors import LTUError
 from ltu_lightning.models import MLP
 from ltu_lightning.modules.base import OVERWRITE_ARGS
@@ -305,6 +312,28 @@ def test_a_failed_json_write_leaves_the_previous_file_whole(tmp_path):
         write_json_atomic(path, {"UA": 2.0, "bad": object()})  # fails half-way through json.dump
     assert json.loads(path.read_text()) == {"UA": 1.0}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind
+
+
+def test_a_failed_plot_leaves_the_previous_png_whole(tmp_path):
+    from ltu_lightning.benchmark.report import _save_png
+
+    path = tmp_path / "avg_gap_vs_time.png"
+    path.write_bytes(b"old plot")
+
+    class BrokenFigure:
+        def savefig(self, target, **kwargs):
+            Path(target).write_bytes(b"half a pl")  # then the process dies mid-write
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _save_png(BrokenFigure(), path)
+    assert path.read_bytes() == b"old plot"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    with atomic_path(tmp_path / "new.md") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "new.md").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 # ------------------------------------------------------------------------------------ faults

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, StageResult
-from ltu_lightning.data.splits import write_json_atomic
+from ltu_lightning.data.splits import atomic_path, write_json_atomic
 from ltu_lightning.evaluation.metrics import avg_gap, relative_time_efficiency, summarize
 
 METRICS = ("UA", "RA", "TA", "MIA", "MIA_entropy", "loss_auc", "avg_gap", "time_s", "rte")
@@ -102,9 +102,13 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:
@@ -139,7 +143,7 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     ax.legend(fontsize=7)
     fig.tight_layout()
     paths = [out / "avg_gap_vs_time.png"]
-    fig.savefig(paths[0], dpi=120)
+    _save_png(fig, paths[0])
     plt.close(fig)
 
     keys = list(summary["methods"])
@@ -156,6 +160,6 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out / "metrics_bars.png")
-    fig.savefig(paths[1], dpi=120)
+    _save_png(fig, paths[1])
     plt.close(fig)
     return paths

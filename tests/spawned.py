@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 
 def _logged(rank: int, worker: Callable[..., None], log_dir: str, *args: object) -> None:
@@ -39,26 +40,48 @@ def _tails(log_dir: Path, nprocs: int, chars: int = 3000) -> str:
 
 
 def run_spawned(
-    worker: Callable[..., None], args: tuple, nprocs: int, timeout_s: float, log_dir: Path
+    worker: Callable[..., None],
+    make_args: Callable[[], tuple],
+    nprocs: int,
+    timeout_s: float,
+    log_dir: Path,
+    signal_retries: int = 1,
 ) -> None:
-    """``worker(rank, *args)`` on ranks ``0..nprocs-1``; ``pytest.fail`` if one fails or hangs."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    context = mp.start_processes(
-        _logged,
-        args=(worker, str(log_dir), *args),
-        nprocs=nprocs,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                pytest.fail(
-                    f"the workers did not finish within {timeout_s} s (deadlock?)\n"
-                    + _tails(log_dir, nprocs)
-                )
-    except ProcessException as err:
-        pytest.fail(f"a worker failed: {err}\n{_tails(log_dir, nprocs)}")
+    """``worker(rank, *make_args())`` on ranks ``0..nprocs-1``; ``pytest.fail`` if one fails or
+    hangs.
+
+    A worker killed by a *signal* (the process group's C++ side aborting, e.g. a rendezvous that
+    a loaded machine broke) is retried ``signal_retries`` times with fresh arguments (a new
+    port), with a warning that carries the first attempt's output; a Python exception in a
+    worker, a wrong result or a hang fails at once, so a real bug is never retried away.
+    """
+    for attempt in range(signal_retries + 1):
+        attempt_dir = log_dir / f"attempt{attempt}"
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        context = mp.start_processes(
+            _logged,
+            args=(worker, str(attempt_dir), *make_args()),
+            nprocs=nprocs,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not context.join(timeout=1):
+                if time.monotonic() > deadline:
+                    for process in context.processes:
+                        process.kill()
+                    pytest.fail(
+                        f"the workers did not finish within {timeout_s} s (deadlock?)\n"
+                        + _tails(attempt_dir, nprocs)
+                    )
+            return
+        except ProcessExitedException as err:
+            if err.signal_name is None or attempt == signal_retries:
+                pytest.fail(f"a worker failed: {err}\n{_tails(attempt_dir, nprocs)}")
+            warnings.warn(
+                f"a worker died ({err}); retrying once\n{_tails(attempt_dir, nprocs)}",
+                stacklevel=2,
+            )
+        except ProcessException as err:
+            pytest.fail(f"a worker failed: {err}\n{_tails(attempt_dir, nprocs)}")

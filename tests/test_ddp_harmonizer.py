@@ -119,7 +119,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
-    run_spawned(_worker, (find_free_network_port(), str(tmp)), WORLD, 120, tmp / "logs")
+    run_spawned(_worker, lambda: (find_free_network_port(), str(tmp)), WORLD, 120, tmp / "logs")
     return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
 
 

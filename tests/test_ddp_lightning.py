@@ -187,7 +187,9 @@ def ddp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     UnlearningDataModule(
         "digits", holdout=0.2, manifest_path=str(tmp / "split_manifest.json")
     ).setup()
-    run_spawned(_worker, (find_free_network_port(), str(tmp)), WORLD, TIMEOUT_S, tmp / "logs")
+    run_spawned(
+        _worker, lambda: (find_free_network_port(), str(tmp)), WORLD, TIMEOUT_S, tmp / "logs"
+    )
     return tmp
 
 

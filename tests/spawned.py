@@ -28,6 +28,12 @@ def _logged(rank: int, worker: Callable[..., None], log_dir: str, *args: object)
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     worker(rank, *args)
+    # The worker's results are written. Leave without the interpreter's teardown: with the
+    # process group Lightning leaves alive, a rank was seen to abort there ("terminate called
+    # without an active exception", SIGABRT) after every result had been saved.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _tails(log_dir: Path, nprocs: int, chars: int = 3000) -> str:

@@ -114,6 +114,17 @@ def run(args: list[str]) -> None:
         args = [args[0], "--weights_only", "true", *args[1:]]
         check_ckpt_path(args[1:])
     LTUCLI(args=args)
+    _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the default process group a multi-process run leaves behind (Lightning keeps it
+    for later trainer calls), so the process ends through PyTorch's shutdown path instead of
+    tearing the group's threads down in the interpreter's exit, which can abort."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_ckpt_path(args: list[str]) -> None:

@@ -32,6 +32,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASELINES = (FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB)
 CONFIG_NAMES = ("ft", "ga", "rl", "neggrad_plus", "l1_sparse", "salun", "scrub")
 HIDDEN = [64]
+#: one epoch of two tiny batches, quiet: what every config run through the CLI here adds
+TINY = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "2",
+    "--trainer.limit_val_batches", "1",
+    "--data.batch_size", "16",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]  # fmt: skip
 
 
 #: one torch thread per test module (conftest.one_thread)
@@ -342,18 +351,7 @@ def fmnist_original(tmp_path_factory) -> Path:
                 "fit",
                 "--config",
                 CONFIGS / "pretrain" / "fmnist5k.yaml",
-                "--trainer.max_epochs",
-                "1",
-                "--trainer.limit_train_batches",
-                "2",
-                "--trainer.limit_val_batches",
-                "1",
-                "--data.batch_size",
-                "16",
-                "--trainer.enable_progress_bar",
-                "false",
-                "--trainer.enable_model_summary",
-                "false",
+                *TINY,
             ]
         )
     assert (root / "runs/fmnist5k/original/checkpoints/best.ckpt").is_file()
@@ -369,18 +367,7 @@ def test_config_runs_through_the_cli(name, fmnist_original, monkeypatch):
             "fit",
             "--config",
             config,
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "2",
-            "--trainer.limit_val_batches",
-            "1",
-            "--data.batch_size",
-            "16",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
+            *TINY,
         ]
     )
     best = fmnist_original / "runs" / "fmnist5k" / name / "checkpoints" / "best.ckpt"

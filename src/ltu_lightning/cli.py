@@ -82,17 +82,7 @@ class LTUCLI(LightningCLI):
         load_checkpoint(path)  # the same safe read as for an explicit path
         config["ckpt_path"] = str(path)
 
-    def before_fit(self) -> None:
-        self._resolve_ckpt_keyword()
-
-    def before_validate(self) -> None:
-        self._resolve_ckpt_keyword()
-
-    def before_test(self) -> None:
-        self._resolve_ckpt_keyword()
-
-    def before_predict(self) -> None:
-        self._resolve_ckpt_keyword()
+    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_keyword
 
 
 def run(args: list[str]) -> None:

@@ -51,7 +51,16 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        # Activations after each convolution go channels-last: PyTorch's CPU max-pool is several
+        # times faster on that layout (measured: SmallCNN inference 3-4x, a training step 1.25x on
+        # one core; docs/benchmarks.md). Same values up to float rounding, same state_dict keys,
+        # and the parameters keep their default layout (functional calls, DDP and FSDP see plain
+        # contiguous tensors).
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.Conv2d):
+                x = x.contiguous(memory_format=torch.channels_last)
+        return self.classifier(x)
 
 
 class MLP(nn.Module):

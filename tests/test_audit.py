@@ -13,6 +13,7 @@ from ltu_lightning.audit import (
     FEATURES,
     FORGET_LOSSES,
     AuditorEnsemble,
+    MIHingeLoss,
     MILoss,
     NegCELoss,
     RandomLabelLoss,
@@ -219,6 +220,13 @@ def test_state_dict_round_trip(overfit):
     torch.testing.assert_close(
         fresh.member_prob(logits, overfit["yn_out"]), ens.member_prob(logits, overfit["yn_out"])
     )
+    torch.testing.assert_close(fresh.nonmember_level, ens.nonmember_level)
+    # A state saved before ``nonmember_level`` existed still loads (strictly), level at logit 0.
+    del state["auditors.nonmember_level"]
+    older = torch.nn.Module()
+    older.auditors = AuditorEnsemble(seed=7)
+    older.load_state_dict(state)
+    assert older.auditors.is_fitted and (older.auditors.nonmember_level == 0).all()
 
 
 def _random_audit_data(n_mem: int, n_non: int):
@@ -285,6 +293,44 @@ def test_mi_loss_is_mean_bce_to_nonmember(overfit):
     torch.testing.assert_close(MILoss(ens)(logits, overfit["ym_out"]), expected)
 
 
+def test_nonmember_level_is_the_median_nonmember_logit(overfit):
+    ens = overfit["ensemble"]
+    with torch.no_grad():
+        z = ens.member_logits(overfit["model"](overfit["xn_fit"]), overfit["yn_fit"])
+    torch.testing.assert_close(ens.nonmember_level, z.median(dim=1).values)
+    # Non-members sit below members: the level is a real threshold between the two.
+    with torch.no_grad():
+        zm = ens.member_logits(overfit["model"](overfit["xm_fit"]), overfit["ym_fit"])
+    assert (zm.median(dim=1).values > ens.nonmember_level).all()
+
+
+def test_mi_hinge_pushes_only_samples_above_the_nonmember_level(overfit):
+    ens = overfit["ensemble"]
+    with torch.no_grad():
+        logits = torch.cat(
+            [overfit["model"](overfit["xm_out"]), overfit["model"](overfit["xn_out"])]
+        )
+    y = torch.cat([overfit["ym_out"], overfit["yn_out"]])
+    logits.requires_grad_(True)
+    loss_fn = make_forget_loss("mi_hinge", NUM_CLASSES, auditors=ens)
+    assert isinstance(loss_fn, MIHingeLoss)
+    (g_hinge,) = torch.autograd.grad(loss_fn(logits, y), logits)
+    (g_mi,) = torch.autograd.grad(MILoss(ens)(logits, y), logits)
+    with torch.no_grad():
+        above = ens.member_logits(logits, y) > ens.nonmember_level.unsqueeze(1)  # [K, N]
+    # A sample below the level for every auditor gets no gradient at all ...
+    none_above = ~above.any(dim=0)
+    assert none_above.sum() > 10
+    assert (g_hinge[none_above] == 0).all()
+    assert g_mi[none_above].abs().sum() > 0
+    # ... and one above it for every auditor gets exactly the mi loss's gradient.
+    all_above = above.all(dim=0)
+    assert all_above.sum() > 10
+    torch.testing.assert_close(g_hinge[all_above], g_mi[all_above])
+    # Everything at or below the level: the loss is exactly zero.
+    assert loss_fn(logits[none_above], y[none_above]).item() == 0.0
+
+
 def _one_logit_step(loss_fn, logits, y, lr=0.5):
     logits = logits.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(loss_fn(logits, y), logits)
@@ -332,12 +378,17 @@ def test_random_label_never_true_resampled_and_seeded():
 
 
 def test_make_forget_loss_factory_and_errors(overfit):
-    assert set(FORGET_LOSSES) == {"mi", "neg_ce", "random_label", "uniform_kl"}
+    assert set(FORGET_LOSSES) == {"mi", "mi_hinge", "neg_ce", "random_label", "uniform_kl"}
     assert isinstance(make_forget_loss("neg_ce", 5), NegCELoss)
     assert isinstance(make_forget_loss("random_label", 5, seed=1), RandomLabelLoss)
     assert isinstance(make_forget_loss("uniform_kl", 5), UniformKLLoss)
     assert isinstance(make_forget_loss("mi", 5, auditors=overfit["ensemble"]), MILoss)
-    with pytest.raises(LTUError, match="'gradient_ascent'.*mi, neg_ce, random_label, uniform_kl"):
+    assert isinstance(make_forget_loss("mi_hinge", 5, auditors=overfit["ensemble"]), MIHingeLoss)
+    with pytest.raises(LTUError, match="'mi_hinge'.*auditors"):
+        make_forget_loss("mi_hinge", 5)
+    with pytest.raises(
+        LTUError, match="'gradient_ascent'.*mi, mi_hinge, neg_ce, random_label, uniform_kl"
+    ):
         make_forget_loss("gradient_ascent", 5)
     with pytest.raises(LTUError, match="'mi'.*auditors"):
         make_forget_loss("mi", 5)

@@ -9,6 +9,7 @@ from ltu_lightning.audit.features import FEATURES, LOG_FEATURES, per_sample_feat
 from ltu_lightning.audit.forget_losses import (
     FORGET_LOSSES,
     ForgetLoss,
+    MIHingeLoss,
     MILoss,
     NegCELoss,
     RandomLabelLoss,
@@ -23,6 +24,7 @@ __all__ = [
     "LOG_FEATURES",
     "AuditorEnsemble",
     "ForgetLoss",
+    "MIHingeLoss",
     "MILoss",
     "MembershipAuditor",
     "NegCELoss",

@@ -140,6 +140,9 @@ class AuditorEnsemble(nn.Module):
             [self._all_names.index(n) for n in fs] for fs in self.feature_sets
         ]
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        # Per auditor, the median member-logit of the non-members it was fitted on: the level
+        # at which a sample "looks like unseen data" (the ``mi_hinge`` forgetting loss).
+        self.register_buffer("nonmember_level", torch.zeros(num_auditors))
         self._is_fitted = False  # host mirror of the buffer: no device sync per step
         for k, auditor in enumerate(self.auditors):
             _seeded_init_(auditor, torch.Generator().manual_seed(self._auditor_seed(k)))
@@ -168,6 +171,12 @@ class AuditorEnsemble(nn.Module):
             module._is_fitted = bool(module.fitted.item())
             if module._is_fitted:
                 module._freeze()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # Ensembles saved before ``nonmember_level`` existed load with the level at logit 0
+        # (P(member) = 0.5); only the ``mi_hinge`` loss reads it.
+        state_dict.setdefault(prefix + "nonmember_level", torch.zeros_like(self.nonmember_level))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> AuditorEnsemble:
         """Fitted auditors stay in eval mode even when the parent module calls ``.train()``."""
@@ -227,6 +236,9 @@ class AuditorEnsemble(nn.Module):
                     loss = F.binary_cross_entropy_with_logits(auditor(x), labels.to(x.dtype))
                     loss.backward()
                     opt.step()
+                with torch.no_grad():
+                    level = auditor(xn[:, self._columns[k]].to(auditor.mean.dtype)).median()
+                    self.nonmember_level[k] = level.to(self.nonmember_level.dtype)
             self.fitted.fill_(True)
             self._is_fitted = True
         self._freeze()

@@ -22,7 +22,7 @@ from torch import Tensor
 from ltu_lightning.audit.auditors import AuditorEnsemble
 from ltu_lightning.errors import LTUError
 
-FORGET_LOSSES: tuple[str, ...] = ("mi", "neg_ce", "random_label", "uniform_kl")
+FORGET_LOSSES: tuple[str, ...] = ("mi", "mi_hinge", "neg_ce", "random_label", "uniform_kl")
 
 
 class MILoss:
@@ -43,6 +43,23 @@ class MILoss:
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.softplus(self.ensemble.member_logits(logits, targets)).mean()
+
+
+class MIHingeLoss(MILoss):
+    """``mean_k mean_i max(0, BCE(M_k, 0) - BCE_k*)``: forget down to the non-member level only.
+
+    ``BCE_k*`` is the loss at auditor k's median member-logit on the non-members it was fitted
+    on (``AuditorEnsemble.nonmember_level``). Above that level the gradient is the ``mi``
+    loss's; a forget sample that already looks like typical unseen data gets none, so the
+    samples are not pushed past retrain-like into "never seen anything like it".
+    """
+
+    name = "mi_hinge"
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        member = self.ensemble.member_logits(logits, targets)
+        level = self.ensemble.nonmember_level.to(member.dtype).unsqueeze(1)
+        return F.relu(F.softplus(member) - F.softplus(level)).mean()
 
 
 class NegCELoss:
@@ -121,7 +138,7 @@ class UniformKLLoss:
         return (-math.log(c) - log_p.mean(dim=1)).mean()
 
 
-ForgetLoss = MILoss | NegCELoss | RandomLabelLoss | UniformKLLoss
+ForgetLoss = MILoss | MIHingeLoss | NegCELoss | RandomLabelLoss | UniformKLLoss
 
 
 def make_forget_loss(
@@ -137,12 +154,12 @@ def make_forget_loss(
     """
     if name not in FORGET_LOSSES:
         raise LTUError(f"unknown forget_loss {name!r}: choose from {', '.join(FORGET_LOSSES)}")
-    if name == "mi":
+    if name in ("mi", "mi_hinge"):
         if auditors is None:
             raise LTUError(
-                "forget_loss 'mi' needs membership auditors: pass auditors=AuditorEnsemble(...)"
+                f"forget_loss {name!r} needs membership auditors: pass auditors=AuditorEnsemble(...)"
             )
-        return MILoss(auditors)
+        return MIHingeLoss(auditors) if name == "mi_hinge" else MILoss(auditors)
     if name == "neg_ce":
         return NegCELoss()
     if name == "random_label":

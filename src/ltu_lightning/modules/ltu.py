@@ -39,7 +39,8 @@ class LTUModule(UnlearningModule):
         optimizer: outer optimizer factory (lr β). Default SGD(lr=8e-3, momentum=0.9), chosen
             with α on the fmnist5k validation holdout over 3 seeds (docs/tuning_fmnist5k.md).
         lr_scheduler: optional scheduler factory, stepped each epoch.
-        forget_loss: ``mi`` (membership auditors, default), ``neg_ce``, ``random_label``,
+        forget_loss: ``mi`` (membership auditors, default), ``mi_hinge`` (only down to the
+            auditors' non-member level), ``neg_ce``, ``random_label``,
             ``uniform_kl``.
         num_auditors: K, the number of membership auditors.
         auditor_features: one feature list per auditor (default: log-domain sets).

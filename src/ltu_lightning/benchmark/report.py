@@ -72,6 +72,27 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CLASS_COLUMNS = (
+    ("TA_remaining_classes", "TA remaining classes"),
+    ("TA_forgotten_classes", "TA forgotten classes"),
+)
+
+
+def class_table(summary: dict[str, Any]) -> str:
+    """Class-wise forgetting: test accuracy on the remaining and on the forgotten classes apart
+    (PROTOCOL.md); an empty string for benchmarks that do not forget whole classes."""
+    entries = {k: e for k, e in summary["methods"].items() if CLASS_COLUMNS[0][0] in e}
+    if not entries:
+        return ""
+    lines = ["| method | access | " + " | ".join(name for _, name in CLASS_COLUMNS) + " |"]
+    lines.append("|" + "---|" * (2 + len(CLASS_COLUMNS)))
+    for key, entry in entries.items():
+        cells = [key.split(":")[0], entry["access"] or "-"]
+        cells += [_fmt(entry[m], 1) for m, _ in CLASS_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", summary)
@@ -97,6 +118,9 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
         "time; collapsed = seeds with TA < 50; failed = seeds stopped by a guard (non-finite "
         "step), reported from their last good checkpoint.\n\n" + markdown_table(summary) + "\n"
     )
+    classes = class_table(summary)
+    if classes:
+        md += "\nTest accuracy by class group (class-wise forgetting):\n\n" + classes + "\n"
     _write_text(out / "results.md", md)
     return [out / "results.json", out / "results.csv", out / "results.md", *plot(summary, out)]
 

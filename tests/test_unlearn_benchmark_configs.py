@@ -103,6 +103,12 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     assert results["methods"]["retrain"]["avg_gap"]["mean"] == 0.0  # against itself
     for name in ("results.csv", "results.md", "avg_gap_vs_time.png", "metrics_bars.png"):
         assert (out / name).is_file()
+    # Class-wise benchmarks report the remaining and forgotten classes apart (PROTOCOL.md).
+    class_wise = "--data.init_args.forget_classes" in spec.get("overrides", [])
+    md = (out / "results.md").read_text()
+    assert ("| method | access | TA remaining classes | TA forgotten classes |" in md) == class_wise
+    if class_wise:
+        assert all("TA_forgotten_classes" in e for e in results["methods"].values())
 
 
 def test_benchmark_refuses_to_clobber_results_without_overwrite(in_tmp, run_ltu):
@@ -148,11 +154,12 @@ def test_grid_points_is_the_full_factorial():
 
 @pytest.mark.parametrize("grid", sorted((CONFIGS / "tuning").glob("*.yaml")), ids=lambda p: p.stem)
 def test_tuning_grids_name_benchmark_methods_and_valid_flags(grid, run_ltu, capsys):
-    """Each grid names methods of the fmnist5k benchmark, and every flag value is accepted by
+    """Each grid names methods of an fmnist5k benchmark, and every flag value is accepted by
     that method's stage config (checked by LightningCLI's own parser via --print_config)."""
     methods = {
         m["key"]: m
-        for m in yaml.safe_load((CONFIGS / "benchmark" / "fmnist5k.yaml").read_text())["methods"]
+        for bench in sorted((CONFIGS / "benchmark").glob("fmnist5k*.yaml"))
+        for m in yaml.safe_load(bench.read_text())["methods"]
     }
     for key, flags in yaml.safe_load(grid.read_text()).items():
         assert key in methods, (grid.stem, key)

@@ -165,6 +165,25 @@ def test_baseline_unlearns_from_the_original_checkpoint(cls, original):
     assert "backbone" not in model.hparams and "optimizer" not in model.hparams
 
 
+def test_start_criterion_is_the_original_models_and_is_logged_every_epoch(original):
+    model, trainer, dm, out = _fit(FineTune, original, "start_criterion")
+    start = model.start_criterion.item()
+    assert start == start and start > 0  # computed, finite
+    logged = _column(_metrics(out), "val/criterion_start")
+    assert logged == pytest.approx([start] * 2)  # one per epoch, the same reference line
+    # It is the criterion `ltu validate` reports for the untouched original model.
+    fresh = FineTune(_backbone(), original_ckpt=str(original[1]), num_classes=10)
+    results = L.Trainer(logger=False, enable_progress_bar=False).validate(fresh, dm)
+    assert results[0]["val/criterion"] == pytest.approx(start, abs=1e-5)
+
+
+def test_a_fit_that_never_beats_the_starting_model_warns(original):
+    # lr 0: the weights never move, so no epoch can beat the model it started from
+    with pytest.warns(UserWarning, match="no epoch beat the starting model"):
+        model, trainer, _, _ = _fit(FineTune, original, "no_gain", lr=0.0)
+    assert trainer.checkpoint_callback.best_model_score.item() >= model.start_criterion.item()
+
+
 @pytest.mark.parametrize("cls", BASELINES, ids=lambda c: c.__name__)
 def test_hyperparameters_record_every_argument(cls):
     expected = set(inspect.signature(cls.__init__).parameters) - {

@@ -100,12 +100,17 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
         for metric in ("UA", "RA", "TA", "MIA", "avg_gap", "time_s", "rte"):
             assert set(entry[metric]) == {"mean", "std"}, (key, metric)
         assert entry["access"] == (key.split(":")[1] if ":" in key else None)
+        # seeds whose kept epoch did not beat the starting model (0 for the reference models)
+        assert entry["no_gain"] in range(len(results["seeds"]) + 1)
+        if ":" not in key:
+            assert entry["no_gain"] == 0
     assert results["methods"]["retrain"]["avg_gap"]["mean"] == 0.0  # against itself
     for name in ("results.csv", "results.md", "avg_gap_vs_time.png", "metrics_bars.png"):
         assert (out / name).is_file()
     # Class-wise benchmarks report the remaining and forgotten classes apart (PROTOCOL.md).
     class_wise = "--data.init_args.forget_classes" in spec.get("overrides", [])
     md = (out / "results.md").read_text()
+    assert "| collapsed | failed | no gain |" in md
     assert ("| method | access | TA remaining classes | TA forgotten classes |" in md) == class_wise
     if class_wise:
         assert all("TA_forgotten_classes" in e for e in results["methods"].values())

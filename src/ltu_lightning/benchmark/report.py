@@ -34,6 +34,7 @@ def aggregate(bench: Benchmark, results: dict[int, dict[str, StageResult]]) -> d
         entry: dict[str, Any] = {m: summarize([row[m] for row in rows]) for m in METRICS}
         entry["collapsed"] = sum(row["TA"] < COLLAPSE_TA for row in rows)
         entry["failed"] = int(sum(row.get("failed", 0.0) for row in rows))
+        entry["no_gain"] = int(sum(row.get("no_gain", 0.0) for row in rows))
         entry["access"] = access.get(key)
         if "TA_forgotten_classes" in rows[0]:
             for extra in ("TA_remaining_classes", "TA_forgotten_classes"):
@@ -62,12 +63,17 @@ COLUMNS = [
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    head = ["method", "access"] + [name for _, name, _ in COLUMNS] + ["collapsed", "failed"]
+    head = ["method", "access"] + [name for _, name, _ in COLUMNS]
+    head += ["collapsed", "failed", "no gain"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, entry in summary["methods"].items():
         cells = [key.split(":")[0], entry["access"] or "-"]
         cells += [_fmt(entry[m], d) for m, _, d in COLUMNS]
-        cells += [str(entry["collapsed"]), str(entry.get("failed", 0))]
+        cells += [
+            str(entry["collapsed"]),
+            str(entry.get("failed", 0)),
+            str(entry.get("no_gain", 0)),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -116,7 +122,10 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
         "metrics in percent except loss-AUC (0.5 = forget set indistinguishable from test data); "
         "Avg.Gap against Retrain of the same seed (lower is better); RTE = retrain time / unlearning "
         "time; collapsed = seeds with TA < 50; failed = seeds stopped by a guard (non-finite "
-        "step), reported from their last good checkpoint.\n\n" + markdown_table(summary) + "\n"
+        "step), reported from their last good checkpoint; no gain = seeds whose kept epoch did "
+        "not beat the starting model on the validation criterion.\n\n"
+        + markdown_table(summary)
+        + "\n"
     )
     classes = class_table(summary)
     if classes:

@@ -7,7 +7,11 @@
 - after each epoch the honest selection criterion of PROTOCOL.md is computed on the forget set
   and the *validation half* of the holdout (never the test split, never a retrained model) and
   logged as ``val/criterion``; the stage's ``ModelCheckpoint`` keeps the best epoch
-  (``stop_rule="criterion"``), or only the last one (``"budget"``).
+  (``stop_rule="criterion"``), or only the last one (``"budget"``);
+- the starting model's criterion is computed once before the first step and logged with every
+  validation as ``val/criterion_start`` (the "do nothing" line on a dashboard); a fit whose best
+  epoch does not beat it ends with a warning. The starting model is not a candidate itself: an
+  unlearning run that hands back the original model has not forgotten anything.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ltu_lightning.errors import LTUError
@@ -66,6 +71,7 @@ class UnlearningModule(BaseModule):
         if stop_rule != "criterion":
             self.monitor = None  # the stage's checkpoint keeps the last pass
         self.register_buffer("original_val_acc", torch.tensor(float("nan")))
+        self.register_buffer("start_criterion", torch.tensor(float("nan")))
         self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     stop_rules: tuple[str, ...] = STOP_RULES
@@ -89,6 +95,27 @@ class UnlearningModule(BaseModule):
             keep = ~self._forgotten_class_mask(y)
             self.original_val_acc.fill_(
                 100.0 * (logits.argmax(-1) == y)[keep].float().mean().item()
+            )
+            with torch.random.fork_rng(devices=[]):  # a loader's iterator draws a base seed
+                forget = self.role_logits("forget")
+            outputs = {"forget": forget, "holdout_val": (logits, y)}
+            self.start_criterion.fill_(self.validation_metrics(outputs)["val/criterion"])
+
+    def on_fit_end(self) -> None:
+        start = self.start_criterion.item()
+        if self.monitor is None or start != start:
+            return
+        scores = [
+            cb.best_model_score
+            for cb in self.trainer.checkpoint_callbacks
+            if getattr(cb, "monitor", None) == self.monitor and cb.best_model_score is not None
+        ]
+        if scores and float(scores[0]) >= start:
+            rank_zero_warn(
+                f"{type(self).__name__}: no epoch beat the starting model on the validation "
+                f"criterion (best {float(scores[0]):.3f}, start {start:.3f}); the kept checkpoint "
+                "is further from retrain-like than not unlearning at all: lower the learning rate "
+                "or give the method more remaining data"
             )
 
     def _forgotten_class_mask(self, targets: torch.Tensor) -> torch.Tensor:
@@ -202,6 +229,17 @@ class UnlearningModule(BaseModule):
         so D_f's accuracy target is 0, D_f is compared (loss-AUC) with validation samples of the
         forgotten classes, and the accuracy drop is measured on the remaining classes.
         """
+        metrics = self.validation_metrics(outputs)
+        criterion = metrics.pop("val/criterion")
+        if self.start_criterion.item() == self.start_criterion.item():  # not nan
+            metrics["val/criterion_start"] = self.start_criterion.item()
+        self.log_dict(metrics)
+        self.log("val/criterion", criterion, prog_bar=True)
+
+    def validation_metrics(
+        self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, float]:
+        """Forget/val accuracy, loss-AUC and the selection criterion of one model's outputs."""
         (f_logits, f_y), (v_logits, v_y) = outputs["forget"], outputs["holdout_val"]
         forget_acc = 100.0 * (f_logits.argmax(-1) == f_y).float().mean().item()
         forgotten = self._forgotten_class_mask(v_y)
@@ -215,8 +253,12 @@ class UnlearningModule(BaseModule):
             original = val_acc
         target = 0.0 if forgotten.any() else None
         criterion = selection_criterion(forget_acc, val_acc, original, auc, forget_target=target)
-        self.log_dict({"val/forget_acc": forget_acc, "val/val_acc": val_acc, "val/loss_auc": auc})
-        self.log("val/criterion", criterion, prog_bar=True)
+        return {
+            "val/forget_acc": forget_acc,
+            "val/val_acc": val_acc,
+            "val/loss_auc": auc,
+            "val/criterion": criterion,
+        }
 
     # ------------------------------------------------------------------ test
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:

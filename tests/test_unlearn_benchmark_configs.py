@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -111,6 +112,14 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     class_wise = "--data.init_args.forget_classes" in spec.get("overrides", [])
     md = (out / "results.md").read_text()
     assert "| collapsed | failed | no gain |" in md
+    with (out / "results.csv").open() as f:
+        table = {row["method"]: row for row in csv.DictReader(f)}
+    assert set(table) == keys
+    for key, row in table.items():
+        assert float(row["avg_gap_mean"]) == pytest.approx(
+            results["methods"][key]["avg_gap"]["mean"]
+        )
+        assert int(row["no_gain"]) == results["methods"][key]["no_gain"]
     assert ("| method | access | TA remaining classes | TA forgotten classes |" in md) == class_wise
     if class_wise:
         assert all("TA_forgotten_classes" in e for e in results["methods"].values())

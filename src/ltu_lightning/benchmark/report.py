@@ -105,7 +105,14 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(
-        ["method", "access", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], "collapsed"]
+        [
+            "method",
+            "access",
+            *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
+            "collapsed",
+            "failed",
+            "no_gain",
+        ]
     )
     for key, entry in summary["methods"].items():
         writer.writerow(
@@ -114,6 +121,8 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
                 entry["access"] or "",
                 *[entry[m][s] for m in METRICS for s in ("mean", "std")],
                 entry["collapsed"],
+                entry.get("failed", 0),
+                entry.get("no_gain", 0),
             ]
         )
     _write_text(out / "results.csv", buf.getvalue())

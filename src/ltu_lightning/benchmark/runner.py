@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -170,12 +169,10 @@ def run_stage(
         )
     metrics["time_s"] = fit.time_s
     metrics["failed"] = float(fit.failure is not None)
-    start = getattr(fit.cli.model, "start_criterion", None)
-    start = float(start) if start is not None else math.nan
-    if fit.best_score is not None and not math.isnan(start):
-        # the kept epoch is no closer to retrain-like, by the validation criterion, than the
-        # model the method started from: in effect the method did not unlearn
-        metrics["no_gain"] = float(fit.best_score >= start)
+    judge = getattr(fit.cli.model, "no_gain", None)  # unlearning modules only
+    verdict = judge(fit.best_score) if judge is not None else None
+    if verdict is not None:
+        metrics["no_gain"] = float(verdict)
     gap = {"avg_gap": avg_gap(metrics, reference)} if reference is not None else {}
     finish_wandb_stage(fit.cli.trainer.loggers, {**metrics, **gap})
     result = StageResult(metrics, fit.time_s, fit.best_score)

@@ -40,8 +40,7 @@ class LTUModule(UnlearningModule):
             with α on the fmnist5k validation holdout over 3 seeds (docs/tuning_fmnist5k.md).
         lr_scheduler: optional scheduler factory, stepped each epoch.
         forget_loss: ``mi`` (membership auditors, default), ``mi_hinge`` (only down to the
-            auditors' non-member level), ``neg_ce``, ``random_label``,
-            ``uniform_kl``.
+            auditors' non-member level), ``neg_ce``, ``random_label``, ``uniform_kl``.
         num_auditors: K, the number of membership auditors.
         auditor_features: one feature list per auditor (default: log-domain sets).
         auditor_epochs: training epochs of each auditor (full batch).

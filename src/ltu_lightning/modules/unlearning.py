@@ -35,7 +35,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 HELPER_STATE_KEY = "ltu_helper_states"
 
 
-#: ``ltu fit`` flags that let an unlearning run replace the checkpoints of an earlier one
 class UnlearningModule(BaseModule):
     """Base of the unlearning methods (LTU and the baselines).
 
@@ -101,21 +100,30 @@ class UnlearningModule(BaseModule):
             outputs = {"forget": forget, "holdout_val": (logits, y)}
             self.start_criterion.fill_(self.validation_metrics(outputs)["val/criterion"])
 
-    def on_fit_end(self) -> None:
+    def no_gain(self, best_score: float | None) -> bool | None:
+        """Whether a fit's best validation criterion failed to beat the starting model's: the
+        kept epoch is no closer to retrain-like than not unlearning. None when unknown (no
+        monitored criterion, or no start computed)."""
         start = self.start_criterion.item()
-        if self.monitor is None or start != start:
-            return
-        scores = [
-            cb.best_model_score
-            for cb in self.trainer.checkpoint_callbacks
-            if getattr(cb, "monitor", None) == self.monitor and cb.best_model_score is not None
-        ]
-        if scores and float(scores[0]) >= start:
+        if self.monitor is None or best_score is None or start != start:
+            return None
+        return float(best_score) >= start
+
+    def on_fit_end(self) -> None:
+        best = next(
+            (
+                cb.best_model_score
+                for cb in self.trainer.checkpoint_callbacks
+                if getattr(cb, "monitor", None) == self.monitor and cb.best_model_score is not None
+            ),
+            None,
+        )
+        if self.no_gain(best):
             rank_zero_warn(
                 f"{type(self).__name__}: no epoch beat the starting model on the validation "
-                f"criterion (best {float(scores[0]):.3f}, start {start:.3f}); the kept checkpoint "
-                "is further from retrain-like than not unlearning at all: lower the learning rate "
-                "or give the method more remaining data"
+                f"criterion (best {float(best):.3f}, start {self.start_criterion.item():.3f}); the "
+                "kept checkpoint is further from retrain-like than not unlearning at all: lower "
+                "the learning rate or give the method more remaining data"
             )
 
     def _forgotten_class_mask(self, targets: torch.Tensor) -> torch.Tensor:

@@ -52,3 +52,16 @@ def test_small_cnn_state_dict_keys_are_stable():
         "classifier.3.weight": (10, 16),
         "classifier.3.bias": (10,),
     }
+
+
+def test_layout_benchmark_script_prints_its_table(capsys, monkeypatch):
+    """scripts/bench_smallcnn_layout.py (the numbers of docs/benchmarks.md, "Speed") runs."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_smallcnn_layout.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--batches", "2", "--calls", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
+    assert [r.split(" | ")[1] for r in rows] == ["inference", "train step"]

@@ -51,11 +51,11 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Activations after each convolution go channels-last: PyTorch's CPU max-pool is several
-        # times faster on that layout (SmallCNN on one core: inference ~1.5x, a training step
-        # ~1.2x; scripts/bench_smallcnn_layout.py, docs/benchmarks.md). Same values up to float rounding, same state_dict keys,
-        # and the parameters keep their default layout (functional calls, DDP and FSDP see plain
-        # contiguous tensors).
+        # Activations after each convolution go channels-last: PyTorch's CPU max-pool is faster
+        # on that layout (SmallCNN on one core: inference ~1.5x, a training step ~1.2x;
+        # scripts/bench_smallcnn_layout.py, docs/benchmarks.md). Same values up to float
+        # rounding, same state_dict keys, and the parameters keep their default layout
+        # (functional calls, DDP and FSDP see plain contiguous tensors).
         for layer in self.features:
             x = layer(x)
             if isinstance(layer, nn.Conv2d):

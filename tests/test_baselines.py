@@ -17,7 +17,7 @@ from conftest import _run_ltu
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.errors import LTUError
 from ltu_lightning.models import MLP
-from ltu_lightning.modules import ClassifierModule
+from ltu_lightning.modules import ClassifierModule, LTUModule
 from ltu_lightning.modules.baselines import (
     SCRUB,
     FineTune,
@@ -356,6 +356,51 @@ def test_scrub_distillation_kl_is_zero_for_identical_logits_and_positive_otherwi
     logits = torch.randn(6, 10)
     assert model.distill_kl(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
     assert model.distill_kl(logits, torch.randn(6, 10)).item() > 0
+
+
+def test_ltu_remember_losses_use_the_frozen_original():
+    """``ce`` keeps no teacher (old checkpoints load); ``kd`` is 0 while the model equals the
+    original and positive once it moved; ``ce_kd`` is CE + KD."""
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    assert LTUModule(_backbone()).teacher is None
+    assert not any(k.startswith("teacher.") for k in LTUModule(_backbone()).state_dict())
+    kd = LTUModule(_backbone(), remember_loss="kd", distill_temperature=2.0)
+    both = LTUModule(_backbone(), remember_loss="ce_kd")
+    for model in (kd, both):
+        assert not any(p.requires_grad for p in model.teacher.parameters())
+        model.teacher.load_state_dict(model.backbone.state_dict())
+    ce = F.cross_entropy(both.backbone(x), y).item()
+    assert kd.remember_loss(kd.backbone, (x, y)).item() == pytest.approx(0.0, abs=1e-6)
+    assert both.remember_loss(both.backbone, (x, y)).item() == pytest.approx(ce, rel=1e-5)
+    with torch.no_grad():
+        for p in kd.backbone.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert kd.remember_loss(kd.backbone, (x, y)).item() > 0
+
+
+def test_ltu_kd_fit_distills_the_original_and_keeps_it_frozen(original):
+    _, _, state = original
+    model, trainer, _, _ = _fit(LTUModule, original, "ltu_kd", remember_loss="kd", epochs=1)
+    teacher = model.teacher.state_dict()
+    for k, v in state.items():
+        assert torch.equal(teacher[k], v), k
+    assert not model.teacher.training
+    optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in model.teacher.parameters()}
+    moved = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v, state[k])]
+    assert moved
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"remember_loss": "mse"}, "unknown remember_loss 'mse'"),
+        ({"remember_loss": "kd", "distill_temperature": 0.0}, "distill_temperature=0.0"),
+    ],
+)
+def test_ltu_refuses_bad_remember_settings(kwargs, message):
+    with pytest.raises(LTUError, match=message):
+        LTUModule(_backbone(), **kwargs)
 
 
 # ------------------------------------------------------------------ configs through the CLI

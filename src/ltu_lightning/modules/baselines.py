@@ -21,7 +21,6 @@ training losses under ``train/`` and is selected by the same honest ``val/criter
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 
 from ltu_lightning.audit.forget_losses import RandomLabelLoss
 from ltu_lightning.errors import LTUError
-from ltu_lightning.modules.unlearning import Batch, UnlearningModule
+from ltu_lightning.modules.unlearning import Batch, UnlearningModule, distill_kl
 
 __all__ = [
     "SCRUB",
@@ -451,27 +450,10 @@ class SCRUB(BaselineModule):
         self.gamma = gamma
         self.max_steps = max_steps
         self.automatic_optimization = False
-        self.teacher = copy.deepcopy(backbone).requires_grad_(False).eval()
-        self._teacher_synced = False
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)  # loads the original weights into the backbone
-        if not self._teacher_synced:
-            # On resume the checkpoint's (identical) teacher weights are restored after this.
-            self.teacher.load_state_dict(self.backbone.state_dict())
-            self._teacher_synced = True
-
-    def train(self, mode: bool = True) -> SCRUB:
-        super().train(mode)
-        self.teacher.eval()
-        return self
+        self.add_teacher()
 
     def distill_kl(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        t = self.temperature
-        log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-        log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-        return kl * t * t
+        return distill_kl(student_logits, teacher_logits, self.temperature)
 
     def _update(self, loss: Tensor) -> None:
         opt = self.optimizers()

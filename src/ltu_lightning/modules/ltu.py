@@ -21,12 +21,15 @@ from torch import nn
 from ltu_lightning.audit import AuditorEnsemble, make_forget_loss
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.strategy import check_strategy
-from ltu_lightning.modules.unlearning import STOP_RULES, Batch, UnlearningModule
+from ltu_lightning.modules.unlearning import STOP_RULES, Batch, UnlearningModule, distill_kl
 from ltu_lightning.optim import MetaHarmonizer
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=8e-3, momentum=0.9)
+
+
+REMEMBER_LOSSES = ("ce", "kd", "ce_kd")
 
 
 class LTUModule(UnlearningModule):
@@ -39,6 +42,10 @@ class LTUModule(UnlearningModule):
         optimizer: outer optimizer factory (lr β). Default SGD(lr=8e-3, momentum=0.9), chosen
             with α on the fmnist5k validation holdout over 3 seeds (docs/tuning_fmnist5k.md).
         lr_scheduler: optional scheduler factory, stepped each epoch.
+        remember_loss: ``ce`` (cross-entropy on the retain batches, default), ``kd`` (distill
+            the original model on them: ``T²·KL`` at ``distill_temperature``, a frozen copy of
+            the original is kept as ``teacher``) or ``ce_kd`` (their sum).
+        distill_temperature: T of the ``kd`` remember loss.
         forget_loss: ``mi`` (membership auditors, default), ``mi_hinge`` (only down to the
             auditors' non-member level), ``neg_ce``, ``random_label``, ``uniform_kl``.
         num_auditors: K, the number of membership auditors.
@@ -72,6 +79,8 @@ class LTUModule(UnlearningModule):
         num_classes: int = 10,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        remember_loss: str = "ce",
+        distill_temperature: float = 4.0,
         forget_loss: str = "mi",
         num_auditors: int = 3,
         auditor_features: Sequence[Sequence[str]] | None = None,
@@ -94,6 +103,14 @@ class LTUModule(UnlearningModule):
         super().__init__(backbone, original_ckpt, optimizer, lr_scheduler, stop_rule)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
         self.automatic_optimization = False
+        if remember_loss not in REMEMBER_LOSSES:
+            raise LTUError(
+                f"unknown remember_loss {remember_loss!r}: choose from {', '.join(REMEMBER_LOSSES)}"
+            )
+        if not distill_temperature > 0:
+            raise LTUError(f"distill_temperature={distill_temperature!r} must be > 0")
+        if remember_loss != "ce":
+            self.add_teacher()
         if refit_every < 0:
             raise LTUError(f"refit_every={refit_every} must be >= 0 (0 = never refit the auditors)")
         self.auditors = AuditorEnsemble(
@@ -148,7 +165,14 @@ class LTUModule(UnlearningModule):
     # ------------------------------------------------------------- training
     def remember_loss(self, forward: Any, batch: Batch) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(forward(x), y)
+        logits = forward(x)
+        kind = self.hparams.remember_loss
+        loss = F.cross_entropy(logits, y) if kind in ("ce", "ce_kd") else logits.new_zeros(())
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            loss = loss + distill_kl(logits, teacher_logits, self.hparams.distill_temperature)
+        return loss
 
     def forget_loss(self, forward: Any, batch: Batch) -> torch.Tensor:
         x, y = batch

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -33,6 +34,17 @@ STOP_RULES = ("criterion", "budget")
 Batch = tuple[torch.Tensor, torch.Tensor]
 #: checkpoint key of the state of plain (non-``nn.Module``) helpers, e.g. a loss's generator
 HELPER_STATE_KEY = "ltu_helper_states"
+
+
+def distill_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T²·KL(softmax(t/T) ‖ softmax(s/T))``, batch mean (Hinton et al.'s scaling, so the
+    gradient's size does not shrink with T)."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
 
 
 class UnlearningModule(BaseModule):
@@ -72,6 +84,7 @@ class UnlearningModule(BaseModule):
         self.register_buffer("original_val_acc", torch.tensor(float("nan")))
         self.register_buffer("start_criterion", torch.tensor(float("nan")))
         self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.teacher: nn.Module | None = None
 
     stop_rules: tuple[str, ...] = STOP_RULES
 
@@ -86,7 +99,23 @@ class UnlearningModule(BaseModule):
         if self.original_ckpt is not None and not getattr(self, "_original_loaded", False):
             load_backbone_weights(self.backbone, self.original_ckpt, self.split_id)
             self._original_loaded = True
+        if self.teacher is not None and not self._teacher_synced:
+            # On resume the checkpoint's (identical) teacher weights are restored after this.
+            self.teacher.load_state_dict(self.backbone.state_dict())
+            self._teacher_synced = True
         super().setup(stage)
+
+    def add_teacher(self) -> None:
+        """Keep a frozen copy of the starting model as ``self.teacher`` (eval mode, no
+        gradients, not in the optimizer; filled with the original weights in ``setup``)."""
+        self.teacher = copy.deepcopy(self.backbone).requires_grad_(False).eval()
+        self._teacher_synced = False
+
+    def train(self, mode: bool = True) -> UnlearningModule:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
 
     def on_fit_start(self) -> None:
         if torch.isnan(self.original_val_acc):  # not restored from a resumed checkpoint

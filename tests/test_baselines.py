@@ -362,8 +362,9 @@ def test_ltu_remember_losses_use_the_frozen_original():
     """``ce`` keeps no teacher (old checkpoints load); ``kd`` is 0 while the model equals the
     original and positive once it moved; ``ce_kd`` is CE + KD."""
     x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
-    assert LTUModule(_backbone()).teacher is None
-    assert not any(k.startswith("teacher.") for k in LTUModule(_backbone()).state_dict())
+    plain = LTUModule(_backbone(), remember_loss="ce")
+    assert plain.teacher is None
+    assert not any(k.startswith("teacher.") for k in plain.state_dict())
     kd = LTUModule(_backbone(), remember_loss="kd", distill_temperature=2.0)
     both = LTUModule(_backbone(), remember_loss="ce_kd")
     for model in (kd, both):
@@ -389,6 +390,16 @@ def test_ltu_kd_fit_distills_the_original_and_keeps_it_frozen(original):
     assert not optimized & {id(p) for p in model.teacher.parameters()}
     moved = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v, state[k])]
     assert moved
+
+
+def test_ltu_refuses_a_checkpoint_saved_with_another_remember_loss():
+    saved_ce = {"state_dict": LTUModule(_backbone(), remember_loss="ce").state_dict()}
+    saved_kd = {"state_dict": LTUModule(_backbone(), remember_loss="kd").state_dict()}
+    with pytest.raises(LTUError, match="saved without a frozen teacher"):
+        LTUModule(_backbone(), remember_loss="kd").on_load_checkpoint(saved_ce)
+    with pytest.raises(LTUError, match="saved with a frozen teacher"):
+        LTUModule(_backbone(), remember_loss="ce").on_load_checkpoint(saved_kd)
+    LTUModule(_backbone(), remember_loss="ce_kd").on_load_checkpoint(saved_kd)
 
 
 @pytest.mark.parametrize(

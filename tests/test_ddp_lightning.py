@@ -238,7 +238,8 @@ def test_frozen_batch_norm_statistics_stay_the_original_ones(ddp_dir: Path, name
     start = CASES[name][0]().state_dict()
     for rank in _ranks(ddp_dir, name):
         stats = {k: v for k, v in rank["state"].items() if "running_" in k}
-        assert len(stats) == 2
+        # the backbone's; a frozen teacher (LTU's kd remember loss) holds its own copy
+        assert len([k for k in stats if k.startswith("backbone.")]) == 2
         for key, value in stats.items():
             assert torch.equal(value, start[key]), key
 

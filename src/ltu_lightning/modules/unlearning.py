@@ -230,6 +230,15 @@ class UnlearningModule(BaseModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict") or {}
+        saved_teacher = any(k.startswith("teacher.") for k in state)
+        if state and saved_teacher != (self.teacher is not None):
+            raise LTUError(
+                f"this checkpoint was saved {'with' if saved_teacher else 'without'} a frozen "
+                f"teacher and this {type(self).__name__} has {'none' if saved_teacher else 'one'}"
+                ": load it with the settings that saved it (for LTU the same remember_loss; "
+                "before remember_loss existed it was ce)"
+            )
         saved = checkpoint.get(HELPER_STATE_KEY, {})
         for name, helper in self.stateful_helpers().items():
             if name in saved:

@@ -27,6 +27,7 @@ from ltu_lightning.modules.baselines import (
     RandomLabel,
     SalUn,
 )
+from ltu_lightning.modules.ltu import HoldoutDistillation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASELINES = (FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB)
@@ -377,6 +378,45 @@ def test_ltu_remember_losses_use_the_frozen_original():
         for p in kd.backbone.parameters():
             p.add_(0.1 * torch.randn_like(p))
     assert kd.remember_loss(kd.backbone, (x, y)).item() > 0
+
+
+def test_holdout_distillation_draws_reproducible_batches_of_the_holdout():
+    helper = HoldoutDistillation(seed=3)
+    with pytest.raises(LTUError, match="needs the auditor half of the holdout"):
+        helper.sample(4)
+    helper.inputs = torch.arange(10.0).unsqueeze(1)
+    first = helper.sample(6)
+    assert first.shape == (6, 1) and set(first.flatten().tolist()) <= set(range(10))
+    state = helper.state_dict()
+    second = helper.sample(6)
+    again = HoldoutDistillation(seed=3)
+    again.inputs = helper.inputs
+    assert torch.equal(again.sample(6), first)
+    again.load_state_dict(state)
+    assert torch.equal(again.sample(6), second)
+
+
+def test_ltu_holdout_distillation_adds_a_term_that_is_zero_at_the_original():
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    model = LTUModule(_backbone(), remember_loss="ce", holdout_distill_weight=2.0)
+    assert model.teacher is not None and "holdout_distill" in model.stateful_helpers()
+    model.teacher.load_state_dict(model.backbone.state_dict())
+    model.holdout_distill.inputs = torch.randn(20, 64)
+    ce = F.cross_entropy(model.backbone(x), y).item()
+    assert model.remember_loss(model.backbone, (x, y)).item() == pytest.approx(ce, rel=1e-5)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    moved_ce = F.cross_entropy(model.backbone(x), y).item()
+    assert model.remember_loss(model.backbone, (x, y)).item() > moved_ce
+    with pytest.raises(LTUError, match="holdout_distill_weight=-1.0 must be >= 0"):
+        LTUModule(_backbone(), holdout_distill_weight=-1.0)
+
+
+def test_ltu_holdout_distillation_fit_gathers_the_auditor_half(original):
+    model, _, dm, _ = _fit(LTUModule, original, "ltu_hkd", holdout_distill_weight=1.0, epochs=1)
+    expected = torch.cat([x for x, _ in dm.role_dataloader("holdout_audit")])
+    assert torch.equal(model.holdout_distill.inputs, expected)
 
 
 def test_ltu_kd_fit_distills_the_original_and_keeps_it_frozen(original):

@@ -77,6 +77,11 @@ CASES: dict[str, tuple[Callable[[], L.LightningModule], str]] = {
     ),
     # random labels: each rank keeps its share of one draw for the global batch
     "ltu_random_label": (lambda: LTUModule(_bn_mlp(), forget_loss="random_label"), "unlearn"),
+    # holdout distillation: each rank keeps its share of one draw of holdout inputs
+    "ltu_holdout_kd": (
+        lambda: LTUModule(_bn_mlp(), auditor_epochs=30, holdout_distill_weight=1.0),
+        "unlearn",
+    ),
     "classifier": (lambda: ClassifierModule(_mlp()), "train"),
     "salun": (lambda: SalUn(_mlp()), "unlearn"),  # mask from each rank's full forget set
     "scrub": (lambda: SCRUB(_mlp()), "unlearn"),  # manual optimization, two backwards a step

@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import LTURunError, _run_ltu
+from ltu_lightning.benchmark.runner import fit_stage, run_stage
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.data.splits import (
     SplitSpec,
@@ -36,7 +37,7 @@ from ltu_lightning.data.splits import (
     read_index_file,
     write_json_atomic,
 )
-from ltu_lightning.errors import LTUError
+from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.models import MLP
 from ltu_lightning.modules.base import OVERWRITE_ARGS
 from ltu_lightning.modules.checkpoints import load_checkpoint
@@ -401,6 +402,24 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(digi
     _run_ltu(
         ["evaluate", "--config", digits.config, "--ckpt_path", run / "checkpoints" / "last.ckpt"]
     )
+
+
+def test_a_fit_refused_before_its_first_checkpoint_is_reported_from_its_start(digits, tmp_path):
+    """The benchmark goes on: the method-seed is flagged failed and evaluated from the original
+    (no epoch of its own finished); a user error is still raised, not hidden as a failure."""
+    root = tmp_path / "ltu"
+    blow_up = ["--model.init_args.inner_lr", "1e38"]  # the first fast weights overflow
+    result = run_stage(str(digits.config), root, 0, digits.manifest, blow_up, digits.original)
+    saved = json.loads((root / "metrics.json").read_text())
+    assert result.metrics["failed"] == 1.0 and "non-finite" in saved["failure"]
+    assert saved["checkpoint"] == str(digits.original) and saved["best_score"] is None
+    assert not (root / "checkpoints" / "last.ckpt").exists()
+    missing = ["--model.init_args.original_ckpt", str(tmp_path / "missing.ckpt")]
+    with pytest.raises(LTUError) as refused:
+        fit_stage(
+            str(digits.config), tmp_path / "bad", 0, digits.manifest, missing, digits.original
+        )
+    assert not isinstance(refused.value, NonFiniteStepError)
 
 
 class _NaNGradients(UnlearningModule):

@@ -9,3 +9,8 @@ class LTUError(ValueError):
     The CLI prints ``error: <message>`` on one line and exits with status 2 instead of a
     traceback; library users catch it as a ``ValueError``.
     """
+
+
+class NonFiniteStepError(LTUError):
+    """A training step produced non-finite values and was refused before it touched the
+    weights: the model (and its last checkpoint) stay those of the last good step."""

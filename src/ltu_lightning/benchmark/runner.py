@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ltu_lightning.data.splits import write_json_atomic
-from ltu_lightning.errors import LTUError
+from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.evaluation.cli import evaluate_checkpoint
 from ltu_lightning.evaluation.metrics import avg_gap
 from ltu_lightning.modules.base import OVERWRITE_ARGS
@@ -134,12 +134,17 @@ def fit_stage(
         except LTUError as err:
             # A run stopped by a guard (e.g. a non-finite step) keeps its last good checkpoint:
             # the table reports the method from it, flagged, instead of losing the benchmark.
-            if original_ckpt is None or not (root / "checkpoints" / "last.ckpt").exists():
+            # Refused before its first epoch ended, it has no checkpoint of its own: it is
+            # reported, flagged, from the model it started from.
+            saved = (root / "checkpoints" / "last.ckpt").exists()
+            if original_ckpt is None or not (saved or isinstance(err, NonFiniteStepError)):
                 raise
             failure = str(err)
             cli = LTUCLI(args=args[1:], run=False)
         elapsed = time.perf_counter() - start
     chosen = selected_checkpoint(cli.model, root)
+    if failure is not None and not chosen.exists():
+        chosen = original_ckpt
     score = next(
         (
             cb.best_model_score

@@ -82,9 +82,10 @@ def tune(
             per_seed: dict[str, dict[str, Any]] = {}
             for seed in seeds:
                 root = out / f"seed_{seed}"
+                stage = root / method.folder / f"point_{i}"
                 fit = fit_stage(
                     method.config,
-                    root / method.folder / f"point_{i}",
+                    stage,
                     seed,
                     manifests[seed],
                     [*bench.overrides, *method.overrides, *flags],
@@ -92,7 +93,11 @@ def tune(
                 )
                 per_seed[str(seed)] = {
                     "criterion": fit.best_score,
-                    "epoch": _best_epoch(fit.checkpoint),
+                    # None for a fit refused before its first checkpoint (reported from the
+                    # original model, scored +inf)
+                    "epoch": _best_epoch(fit.checkpoint)
+                    if fit.checkpoint.is_relative_to(stage)
+                    else None,
                     "time_s": fit.time_s,
                 }
             mean, std = _mean_std([r["criterion"] for r in per_seed.values()])

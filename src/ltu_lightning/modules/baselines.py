@@ -30,7 +30,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from ltu_lightning.audit.forget_losses import RandomLabelLoss
-from ltu_lightning.errors import LTUError
+from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.modules.unlearning import Batch, UnlearningModule, distill_kl
 
 __all__ = [
@@ -113,7 +113,7 @@ class BaselineModule(UnlearningModule):
     def log_train(self, values: Losses, batch_size: int) -> None:
         for key, value in values.items():
             if isinstance(value, Tensor) and not torch.isfinite(value).all():
-                raise LTUError(
+                raise NonFiniteStepError(
                     f"{type(self).__name__} step {self.global_step} produced a non-finite {key}; "
                     "lower the learning rate"
                 )

@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from ltu_lightning.errors import LTUError
+from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.evaluation.metrics import loss_auc, selection_criterion
 from ltu_lightning.modules.base import BaseModule
 from ltu_lightning.modules.checkpoints import load_backbone_weights
@@ -203,7 +203,7 @@ class UnlearningModule(BaseModule):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
         norms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
         if norms and not torch.isfinite(torch.stack(norms)).all():
-            raise LTUError(
+            raise NonFiniteStepError(
                 f"{type(self).__name__} step {self.global_step} produced non-finite gradients and was "
                 "stopped before updating the weights (the last checkpoint is intact); lower the learning rate"
             )

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _NormBase
 
-from ltu_lightning.errors import LTUError
+from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.optim.harmonize import (
     GRANULARITIES,
     MODES,
@@ -249,7 +249,7 @@ class MetaHarmonizer:
         result = dict(zip(keys, values.tolist(), strict=True))
         bad = [key for key, value in result.items() if not math.isfinite(value)]
         if bad:  # checked before stepping: the weights stay those of the last good step
-            raise LTUError(
+            raise NonFiniteStepError(
                 f"the LTU step produced a non-finite {', '.join(bad)} and was not applied; lower "
                 "the learning rates (optimizer lr, inner_lr) or set balance: clip"
             )

@@ -131,7 +131,8 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
         "metrics in percent except loss-AUC (0.5 = forget set indistinguishable from test data); "
         "Avg.Gap against Retrain of the same seed (lower is better); RTE = retrain time / unlearning "
         "time; collapsed = seeds with TA < 50; failed = seeds stopped by a guard (non-finite "
-        "step), reported from their last good checkpoint; no gain = seeds whose kept epoch did "
+        "step), reported from their last good checkpoint (the starting model if stopped in "
+        "their first epoch); no gain = seeds whose kept epoch did "
         "not beat the starting model on the validation criterion.\n\n"
         + markdown_table(summary)
         + "\n"

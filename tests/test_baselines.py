@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import inspect
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
 from conftest import _run_ltu
+from ltu_lightning.audit.forget_losses import RandomLabelLoss
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.errors import LTUError
 from ltu_lightning.models import MLP
@@ -363,11 +365,13 @@ def test_ltu_remember_losses_use_the_frozen_original():
     """``ce`` keeps no teacher (old checkpoints load); ``kd`` is 0 while the model equals the
     original and positive once it moved; ``ce_kd`` is CE + KD."""
     x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
-    plain = LTUModule(_backbone(), remember_loss="ce")
+    plain = LTUModule(_backbone(), remember_loss="ce", holdout_distill_weight=0.0)
     assert plain.teacher is None
     assert not any(k.startswith("teacher.") for k in plain.state_dict())
-    kd = LTUModule(_backbone(), remember_loss="kd", distill_temperature=2.0)
-    both = LTUModule(_backbone(), remember_loss="ce_kd")
+    kd = LTUModule(
+        _backbone(), remember_loss="kd", distill_temperature=2.0, holdout_distill_weight=0.0
+    )
+    both = LTUModule(_backbone(), remember_loss="ce_kd", holdout_distill_weight=0.0)
     for model in (kd, both):
         assert not any(p.requires_grad for p in model.teacher.parameters())
         model.teacher.load_state_dict(model.backbone.state_dict())
@@ -378,6 +382,18 @@ def test_ltu_remember_losses_use_the_frozen_original():
         for p in kd.backbone.parameters():
             p.add_(0.1 * torch.randn_like(p))
     assert kd.remember_loss(kd.backbone, (x, y)).item() > 0
+
+
+def test_generator_helpers_pickle_and_continue_their_stream():
+    """ddp_spawn pickles the module: the generators must cross as plain bytes and go on."""
+    for helper in (HoldoutDistillation(seed=5), RandomLabelLoss(10, seed=5)):
+        torch.randint(0, 9, (3,), generator=helper.generator)
+        copy = pickle.loads(pickle.dumps(helper))
+        assert torch.equal(copy.generator.get_state(), helper.generator.get_state())
+        assert torch.equal(
+            torch.randint(0, 9, (8,), generator=copy.generator),
+            torch.randint(0, 9, (8,), generator=helper.generator),
+        )
 
 
 def test_holdout_distillation_draws_reproducible_batches_of_the_holdout():
@@ -433,12 +449,13 @@ def test_ltu_kd_fit_distills_the_original_and_keeps_it_frozen(original):
 
 
 def test_ltu_refuses_a_checkpoint_saved_with_another_remember_loss():
-    saved_ce = {"state_dict": LTUModule(_backbone(), remember_loss="ce").state_dict()}
+    no_teacher = {"remember_loss": "ce", "holdout_distill_weight": 0.0}
+    saved_ce = {"state_dict": LTUModule(_backbone(), **no_teacher).state_dict()}
     saved_kd = {"state_dict": LTUModule(_backbone(), remember_loss="kd").state_dict()}
     with pytest.raises(LTUError, match="saved without a frozen teacher"):
         LTUModule(_backbone(), remember_loss="kd").on_load_checkpoint(saved_ce)
     with pytest.raises(LTUError, match="saved with a frozen teacher"):
-        LTUModule(_backbone(), remember_loss="ce").on_load_checkpoint(saved_kd)
+        LTUModule(_backbone(), **no_teacher).on_load_checkpoint(saved_kd)
     LTUModule(_backbone(), remember_loss="ce_kd").on_load_checkpoint(saved_kd)
 
 

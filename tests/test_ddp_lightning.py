@@ -69,9 +69,15 @@ CASES: dict[str, tuple[Callable[[], L.LightningModule], str]] = {
     # auditors fitted on each rank, BatchNorm frozen (bn_mode eval, the default)
     "ltu_mi": (lambda: LTUModule(_bn_mlp(), auditor_epochs=30), "unlearn"),
     # differentiable all-reduce in the inner step; neg_ce conflicts with the remember gradient
+    # (holdout distillation off: its draws are the ltu_holdout_kd case's subject)
     "ltu_second_order": (
         lambda: LTUModule(
-            _bn_mlp(), forget_loss="neg_ce", meta_order=2, inner_steps=2, inner_lr=0.5
+            _bn_mlp(),
+            forget_loss="neg_ce",
+            meta_order=2,
+            inner_steps=2,
+            inner_lr=0.5,
+            holdout_distill_weight=0.0,
         ),
         "unlearn",
     ),

@@ -14,6 +14,7 @@ owns them (and its checkpoint), not to the loss.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,27 @@ def _world_and_rank() -> tuple[int, int]:
     return 1, 0
 
 
-class RandomLabelLoss:
+class PicklableGenerator:
+    """Mixin for helpers holding ``self.generator`` (a ``torch.Generator``): pickled as the plain
+    bytes of its state. A generator sent to another process by torch's multiprocessing (as
+    ``ddp_spawn`` sends the module) otherwise fails to rebuild there ("unable to resize file
+    ... Invalid argument")."""
+
+    generator: torch.Generator
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["generator"] = self.generator.get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raw = state.pop("generator")
+        self.__dict__.update(state)
+        self.generator = torch.Generator()
+        self.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+
+
+class RandomLabelLoss(PicklableGenerator):
     """``CE(logits, r)`` with ``r`` a random label different from the true one.
 
     ``r = (y + U{1..C-1}) mod C``, uniform over the wrong classes and never ``y``. A fresh

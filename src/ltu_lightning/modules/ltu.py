@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from ltu_lightning.audit import AuditorEnsemble, make_forget_loss
-from ltu_lightning.audit.forget_losses import _world_and_rank
+from ltu_lightning.audit.forget_losses import PicklableGenerator, _world_and_rank
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.strategy import check_strategy
 from ltu_lightning.modules.unlearning import STOP_RULES, Batch, UnlearningModule, distill_kl
@@ -33,7 +33,7 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
 REMEMBER_LOSSES = ("ce", "kd", "ce_kd")
 
 
-class HoldoutDistillation:
+class HoldoutDistillation(PicklableGenerator):
     """Batches of the auditor half of the holdout (inputs only) for a distillation term that
     keeps the original's function on data the model never trained on.
 

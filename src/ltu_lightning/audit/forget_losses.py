@@ -83,13 +83,27 @@ def _world_and_rank() -> tuple[int, int]:
     return 1, 0
 
 
-class PicklableGenerator:
-    """Mixin for helpers holding ``self.generator`` (a ``torch.Generator``): pickled as the plain
-    bytes of its state. A generator sent to another process by torch's multiprocessing (as
-    ``ddp_spawn`` sends the module) otherwise fails to rebuild there ("unable to resize file
-    ... Invalid argument")."""
+class OwnGenerator:
+    """Mixin for helpers that draw from their own CPU ``torch.Generator`` (``self.generator``,
+    seeded in ``__init__``) rather than the global RNG:
+
+    - ``state_dict``/``load_state_dict`` hold the generator's state, so a resumed run draws what
+      an uninterrupted one would (``UnlearningModule`` checkpoints such helpers);
+    - pickled as the plain bytes of that state: a generator sent to another process by torch's
+      multiprocessing (as ``ddp_spawn`` sends the module) fails to rebuild there ("unable to
+      resize file ... Invalid argument");
+    - ``randint_share`` draws for the global batch of W ranks and keeps this rank's share,
+      positions ``rank, rank + W, …``: the interleaving in which ``DistributedSampler`` deals a
+      permutation to the ranks, so N ranks draw what one process would for the global batch.
+    """
 
     generator: torch.Generator
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -102,8 +116,15 @@ class PicklableGenerator:
         self.generator = torch.Generator()
         self.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
 
+    def randint_share(self, low: int, high: int, shape: tuple[int, ...]) -> Tensor:
+        """This rank's ``shape``-sized share of one draw for the global batch (advances the
+        generator by the global draw on every rank, keeping them in step)."""
+        world, rank = _world_and_rank()
+        draw = torch.randint(low, high, (shape[0] * world, *shape[1:]), generator=self.generator)
+        return draw[rank::world]
 
-class RandomLabelLoss(PicklableGenerator):
+
+class RandomLabelLoss(OwnGenerator):
     """``CE(logits, r)`` with ``r`` a random label different from the true one.
 
     ``r = (y + U{1..C-1}) mod C``, uniform over the wrong classes and never ``y``. A fresh
@@ -126,18 +147,9 @@ class RandomLabelLoss(PicklableGenerator):
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(seed)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The generator's state: a resumed run must draw the labels an uninterrupted one would."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
-
     def sample_labels(self, targets: Tensor) -> Tensor:
         """Draw one wrong label per target (advances the generator)."""
-        world, rank = _world_and_rank()
-        shape = (targets.shape[0] * world, *targets.shape[1:])
-        shift = torch.randint(1, self.num_classes, shape, generator=self.generator)[rank::world]
+        shift = self.randint_share(1, self.num_classes, tuple(targets.shape))
         return (targets.cpu().long() + shift).remainder(self.num_classes).to(targets.device)
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:

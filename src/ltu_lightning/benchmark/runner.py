@@ -21,7 +21,7 @@ from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.evaluation.cli import evaluate_checkpoint
 from ltu_lightning.evaluation.metrics import avg_gap
-from ltu_lightning.modules.base import OVERWRITE_ARGS
+from ltu_lightning.modules.base import OVERWRITE_ARGS, monitored_best_score
 from ltu_lightning.tracking import finish_wandb_stage, wandb_stage_args
 
 REFERENCE_STAGES = ("original", "retrain")
@@ -145,15 +145,8 @@ def fit_stage(
     chosen = selected_checkpoint(cli.model, root)
     if failure is not None and not chosen.exists():
         chosen = original_ckpt
-    score = next(
-        (
-            cb.best_model_score
-            for cb in cli.trainer.checkpoint_callbacks
-            if getattr(cb, "monitor", None) and cb.best_model_score is not None
-        ),
-        None,
-    )
-    return FitResult(cli, elapsed, float(score) if score is not None else None, chosen, failure)
+    score = monitored_best_score(cli.trainer)
+    return FitResult(cli, elapsed, score, chosen, failure)
 
 
 def run_stage(

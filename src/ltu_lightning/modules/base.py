@@ -18,6 +18,16 @@ from ltu_lightning.modules.checkpoints import SPLIT_KEY
 OVERWRITE_ARGS = ("--trainer.callbacks+=RunFolderGuard", "--trainer.callbacks.overwrite", "true")
 
 
+def monitored_best_score(trainer: L.Trainer, monitor: str | None = None) -> float | None:
+    """Best score of the trainer's first checkpoint callback that monitors ``monitor`` (any
+    monitored metric when None); None before it has scored anything."""
+    for cb in trainer.checkpoint_callbacks:
+        watched = getattr(cb, "monitor", None)
+        if watched and (monitor is None or watched == monitor) and cb.best_model_score is not None:
+            return float(cb.best_model_score)
+    return None
+
+
 class RunFolderGuard(L.Callback):
     """Keeps a ``fit`` from destroying earlier results (an original model's checkpoints too).
 

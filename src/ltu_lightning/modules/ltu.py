@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from ltu_lightning.audit import AuditorEnsemble, make_forget_loss
-from ltu_lightning.audit.forget_losses import PicklableGenerator, _world_and_rank
+from ltu_lightning.audit.forget_losses import OwnGenerator
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.strategy import check_strategy
 from ltu_lightning.modules.unlearning import STOP_RULES, Batch, UnlearningModule, distill_kl
@@ -33,25 +33,19 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
 REMEMBER_LOSSES = ("ce", "kd", "ce_kd")
 
 
-class HoldoutDistillation(PicklableGenerator):
+class HoldoutDistillation(OwnGenerator):
     """Batches of the auditor half of the holdout (inputs only) for a distillation term that
     keeps the original's function on data the model never trained on.
 
-    The inputs are gathered once at fit start. Indices are drawn from the helper's own CPU
-    generator; under data parallelism every rank draws the global batch and keeps its share
-    (positions ``rank, rank + W, …``), as :class:`~ltu_lightning.audit.forget_losses.RandomLabelLoss`
-    does, so N ranks see what one process would. The generator's state is checkpointed.
+    The inputs are gathered once at fit start. Indices come from the helper's own generator
+    (:class:`~ltu_lightning.audit.forget_losses.OwnGenerator`: checkpointed, and under data
+    parallelism each rank keeps its share of one global draw, so N ranks see what one process
+    would).
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
         self.inputs: torch.Tensor | None = None
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
     def sample(self, n: int) -> torch.Tensor:
         """``n`` inputs drawn with replacement (advances the generator)."""
@@ -60,9 +54,8 @@ class HoldoutDistillation(PicklableGenerator):
                 "holdout_distill_weight > 0 needs the auditor half of the holdout; "
                 "the data module gave none (set --data.init_args.holdout > 0)"
             )
-        world, rank = _world_and_rank()
-        idx = torch.randint(0, len(self.inputs), (n * world,), generator=self.generator)
-        return self.inputs[idx[rank::world].to(self.inputs.device)]
+        idx = self.randint_share(0, len(self.inputs), (n,))
+        return self.inputs[idx.to(self.inputs.device)]
 
 
 class LTUModule(UnlearningModule):

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 
 from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.evaluation.metrics import loss_auc, selection_criterion
-from ltu_lightning.modules.base import BaseModule
+from ltu_lightning.modules.base import BaseModule, monitored_best_score
 from ltu_lightning.modules.checkpoints import load_backbone_weights
 
 STOP_RULES = ("criterion", "budget")
@@ -134,23 +135,16 @@ class UnlearningModule(BaseModule):
         kept epoch is no closer to retrain-like than not unlearning. None when unknown (no
         monitored criterion, or no start computed)."""
         start = self.start_criterion.item()
-        if self.monitor is None or best_score is None or start != start:
+        if self.monitor is None or best_score is None or math.isnan(start):
             return None
         return float(best_score) >= start
 
     def on_fit_end(self) -> None:
-        best = next(
-            (
-                cb.best_model_score
-                for cb in self.trainer.checkpoint_callbacks
-                if getattr(cb, "monitor", None) == self.monitor and cb.best_model_score is not None
-            ),
-            None,
-        )
+        best = monitored_best_score(self.trainer, self.monitor) if self.monitor else None
         if self.no_gain(best):
             rank_zero_warn(
                 f"{type(self).__name__}: no epoch beat the starting model on the validation "
-                f"criterion (best {float(best):.3f}, start {self.start_criterion.item():.3f}); the "
+                f"criterion (best {best:.3f}, start {self.start_criterion.item():.3f}); the "
                 "kept checkpoint is further from retrain-like than not unlearning at all: lower "
                 "the learning rate or give the method more remaining data"
             )
@@ -236,8 +230,8 @@ class UnlearningModule(BaseModule):
             raise LTUError(
                 f"this checkpoint was saved {'with' if saved_teacher else 'without'} a frozen "
                 f"teacher and this {type(self).__name__} has {'none' if saved_teacher else 'one'}"
-                ": load it with the settings that saved it (for LTU the same remember_loss; "
-                "before remember_loss existed it was ce)"
+                ": load it with the settings that saved it (for LTU the same remember_loss and "
+                "holdout_distill_weight; before they existed: ce and 0)"
             )
         saved = checkpoint.get(HELPER_STATE_KEY, {})
         for name, helper in self.stateful_helpers().items():
@@ -277,8 +271,9 @@ class UnlearningModule(BaseModule):
         """
         metrics = self.validation_metrics(outputs)
         criterion = metrics.pop("val/criterion")
-        if self.start_criterion.item() == self.start_criterion.item():  # not nan
-            metrics["val/criterion_start"] = self.start_criterion.item()
+        start = self.start_criterion.item()
+        if not math.isnan(start):
+            metrics["val/criterion_start"] = start
         self.log_dict(metrics)
         self.log("val/criterion", criterion, prog_bar=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import inspect
+import math
 import pickle
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from conftest import _run_ltu
 from ltu_lightning.audit.forget_losses import RandomLabelLoss
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.errors import LTUError
+from ltu_lightning.evaluation.protocol import evaluate_unlearning
 from ltu_lightning.models import MLP
 from ltu_lightning.modules import ClassifierModule, LTUModule
 from ltu_lightning.modules.baselines import (
@@ -104,6 +106,7 @@ def _fit(
     access: str = "partial",
     epochs: int = 2,
     batches: int = 3,
+    precision: str = "32-true",
     **kwargs,
 ):
     root, ckpt, _ = original
@@ -125,6 +128,7 @@ def _fit(
         logger=CSVLogger(out),
         enable_progress_bar=False,
         enable_model_summary=False,
+        precision=precision,
     )
     dm = _datamodule(root, access=access)
     trainer.fit(model, dm)
@@ -433,6 +437,25 @@ def test_ltu_holdout_distillation_fit_gathers_the_auditor_half(original):
     model, _, dm, _ = _fit(LTUModule, original, "ltu_hkd", holdout_distill_weight=1.0, epochs=1)
     expected = torch.cat([x for x, _ in dm.role_dataloader("holdout_audit")])
     assert torch.equal(model.holdout_distill.inputs, expected)
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [(LTUModule, {"holdout_distill_weight": 1.0}), (SalUn, {}), (SCRUB, {})],
+    ids=["LTUModule", "SalUn", "SCRUB"],
+)
+def test_unlearning_runs_in_the_trainers_precision(original, cls, kwargs, precision):
+    """Role loaders are read outside Lightning's loops (start criterion, auditors, SalUn's mask,
+    holdout batches): their inputs must follow the weights out of float32, and so must the
+    evaluation of the result."""
+    name = f"precision_{cls.__name__}_{precision}"
+    model, _, dm, _ = _fit(cls, original, name, epochs=1, batches=2, precision=precision, **kwargs)
+    dtype = {"64-true": torch.float64, "bf16-true": torch.bfloat16}[precision]
+    assert all(p.dtype == dtype for p in model.backbone.parameters())
+    assert math.isfinite(model.start_criterion.item())
+    metrics = evaluate_unlearning(model.backbone, dm)
+    assert all(math.isfinite(metrics[k]) for k in ("UA", "RA", "TA", "MIA", "loss_auc"))
 
 
 def test_ltu_kd_fit_distills_the_original_and_keeps_it_frozen(original):

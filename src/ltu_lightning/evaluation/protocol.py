@@ -19,10 +19,12 @@ def role_outputs(
     """Per-sample loss/confidence/entropy/correct of ``model`` (eval mode) on one data role."""
     was_training = model.training
     model.eval()
+    # a model trained with ``--trainer.precision bf16-true``/``64-true`` keeps that dtype
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     logits, targets = [], []
     try:
         for x, y in datamodule.role_dataloader(role):
-            logits.append(model(x.to(device)).float().cpu())
+            logits.append(model(x.to(device, dtype)).float().cpu())
             targets.append(y)
     finally:
         model.train(was_training)

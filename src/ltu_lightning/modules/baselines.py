@@ -346,7 +346,7 @@ class SalUn(RandomLabel):
         self.backbone.eval()
         try:
             for x, y in self.datamodule.role_dataloader("forget"):
-                x, y = x.to(self.device), y.to(self.device)
+                x, y = self.model_input(x), y.to(self.device)
                 with torch.enable_grad():
                     loss = F.cross_entropy(self.backbone(x).float(), y)
                     batch_grads = torch.autograd.grad(

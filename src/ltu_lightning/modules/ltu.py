@@ -198,7 +198,7 @@ class LTUModule(UnlearningModule):
         if self.holdout_distill is not None and self.holdout_distill.inputs is None:
             with torch.random.fork_rng(devices=[]):  # a loader's iterator draws a base seed
                 xs = [x for x, _ in self.datamodule.role_dataloader("holdout_audit")]
-            self.holdout_distill.inputs = torch.cat(xs).to(self.device) if xs else None
+            self.holdout_distill.inputs = self.model_input(torch.cat(xs)) if xs else None
         self.harmonizer = MetaHarmonizer(self.backbone, self.optimizers(), **self.harmonizer_kwargs)
 
     def fit_auditors(self) -> None:

@@ -156,6 +156,13 @@ class UnlearningModule(BaseModule):
             return torch.zeros_like(targets, dtype=torch.bool)
         return torch.isin(targets, torch.as_tensor(list(classes), device=targets.device))
 
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs read outside Lightning's loops (the role loaders) on this module's device and
+        in the trainer's precision, as Lightning hands training batches over (``bf16-true``,
+        ``64-true``: the backbone's weights are no longer float32)."""
+        x = x.to(self.device)
+        return self._trainer.precision_plugin.convert_input(x) if self._trainer is not None else x
+
     @torch.no_grad()
     def role_logits(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and targets of the current backbone (eval mode) on one data role."""
@@ -164,7 +171,7 @@ class UnlearningModule(BaseModule):
         logits, targets = [], []
         try:
             for x, y in self.datamodule.role_dataloader(role):
-                logits.append(self.backbone(x.to(self.device)).float())
+                logits.append(self.backbone(self.model_input(x)).float())
                 targets.append(y.to(self.device))
         finally:
             self.backbone.train(was_training)

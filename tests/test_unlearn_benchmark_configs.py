@@ -81,13 +81,19 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     if dataset in FAKE:
         FAKE[dataset](in_tmp / "data")
         overrides += ["--data.init_args.holdout", "0.2"]
+    fragments = [a for m in spec["methods"] for a in m.get("overrides", []) if a.endswith(".yaml")]
     for path in [spec["original"], spec["retrain"], *(m["config"] for m in spec["methods"])]:
         (in_tmp / path).parent.mkdir(parents=True, exist_ok=True)
         (in_tmp / path).write_text((REPO / path).read_text())
+    for path in fragments:
+        (in_tmp / path).parent.mkdir(parents=True, exist_ok=True)
+        (in_tmp / path).write_text((REPO / path).read_text())
     out = in_tmp / "bench"
-    # The demo benchmark runs every method; the others run their first (each method's stage
-    # config is exercised on its own by the unlearning-config tests) to keep CI short.
-    methods = spec["methods"] if spec["name"] == "fmnist5k" else spec["methods"][:1]
+    # The demo benchmark and the smoke runs (every baseline through its dataset fragment)
+    # run every method; the others run their first (each method's stage config is exercised on
+    # its own by the unlearning-config tests) to keep CI short.
+    every = spec["name"] in ("fmnist5k", "digits", "mnist5k")
+    methods = spec["methods"] if every else spec["methods"][:1]
     if dataset in FAKE:  # a 2-step ResNet on random images is no original to unlearn (see above)
         methods = []
     only = ["--only", json.dumps([m["key"] for m in methods])]

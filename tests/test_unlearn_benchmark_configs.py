@@ -153,6 +153,23 @@ def test_overwrite_is_a_flag_with_an_optional_value():
     assert parse([*config, "--overwrite", "false"]).overwrite is False
 
 
+@pytest.mark.parametrize(
+    "only", ["ltu:partial,nope:full", '["ltu:partial", "nope:full"]'], ids=["commas", "json"]
+)
+def test_only_takes_keys_by_commas_or_json_and_names_unknown_ones(
+    only, in_tmp, run_ltu, monkeypatch
+):
+    from conftest import LTURunError
+
+    monkeypatch.chdir(REPO)  # the benchmark's stage configs are relative to the checkout
+    bench = CONFIGS / "benchmark" / "digits.yaml"
+    with pytest.raises(LTURunError) as err:  # refused before any stage trains
+        run_ltu(["benchmark", "--config", bench, "--out", in_tmp / "b", "--only", only])
+    assert err.value.code == 2
+    assert "unknown methods ['nope:full']" in err.value.stderr
+    assert not (in_tmp / "b").exists()
+
+
 def test_classwise_retrain_does_not_know_the_forgotten_class(in_tmp, run_ltu):
     """Sanity check of the protocol: a model retrained without class 0 scores UA ~ 100."""
     flags = ["--data.forget_classes", "[0]", "--data.forget_fraction", "null",

@@ -48,7 +48,10 @@ def build_parser() -> ArgumentParser:
         help="extra ltu fit arguments for every stage (e.g. tiny sizes)",
     )
     parser.add_argument(
-        "--only", type=list[str] | None, default=None, help="run only these method keys"
+        "--only",
+        type=list[str] | str | None,
+        default=None,
+        help='run only these method keys: "ltu:partial,ft:full" or a JSON list',
     )
     parser.add_argument(
         "--overwrite",
@@ -80,6 +83,8 @@ def benchmark_main(args: list[str]) -> None:
     bench = load_benchmark(cfg)
     if cfg.wandb:
         bench.wandb_group = benchmark_group(bench.name)
+    if isinstance(cfg.only, str):
+        cfg.only = [key.strip() for key in cfg.only.split(",") if key.strip()]
     if cfg.only is not None:
         unknown = set(cfg.only) - {m.key for m in bench.methods}
         if unknown:

@@ -24,7 +24,8 @@ def role_outputs(
     logits, targets = [], []
     try:
         for x, y in datamodule.role_dataloader(role):
-            logits.append(model(x.to(device, dtype)).float().cpu())
+            x = x.to(device, dtype) if x.is_floating_point() else x.to(device)
+            logits.append(model(x).float().cpu())
             targets.append(y)
     finally:
         model.train(was_training)

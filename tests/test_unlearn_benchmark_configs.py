@@ -81,11 +81,10 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     if dataset in FAKE:
         FAKE[dataset](in_tmp / "data")
         overrides += ["--data.init_args.holdout", "0.2"]
+    # stage configs, and the config fragments (`--config x.yaml`) a method composes in
     fragments = [a for m in spec["methods"] for a in m.get("overrides", []) if a.endswith(".yaml")]
-    for path in [spec["original"], spec["retrain"], *(m["config"] for m in spec["methods"])]:
-        (in_tmp / path).parent.mkdir(parents=True, exist_ok=True)
-        (in_tmp / path).write_text((REPO / path).read_text())
-    for path in fragments:
+    stages = [spec["original"], spec["retrain"], *(m["config"] for m in spec["methods"])]
+    for path in [*stages, *fragments]:
         (in_tmp / path).parent.mkdir(parents=True, exist_ok=True)
         (in_tmp / path).write_text((REPO / path).read_text())
     out = in_tmp / "bench"

@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed.stamp
+# What a fresh .venv takes on disk (measured: 6.2 GB with the dev extras), in KiB.
+VENV_KB := 6500000
 export WANDB_MODE ?= offline
 
 .PHONY: install demo test lint format bench clean
@@ -11,6 +13,8 @@ export WANDB_MODE ?= offline
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || [ "$$(df -Pk . | awk 'NR==2 {print $$4}')" -ge $(VENV_KB) ] || \
+		echo "warning: the environment needs about 6 GB (torch with its CUDA libraries) and only $$(df -Ph . | awk 'NR==2 {print $$4}') is free here: free some disk first if pip stops with 'No space left on device'" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"

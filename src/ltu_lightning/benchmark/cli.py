@@ -45,7 +45,8 @@ def build_parser() -> ArgumentParser:
         "--overrides",
         type=list[str],
         default=[],
-        help="extra ltu fit arguments for every stage (e.g. tiny sizes)",
+        help="extra ltu fit arguments for every stage (e.g. tiny sizes); a method's own "
+        "overrides come after them and win (rows pin e.g. their optimizer and epochs)",
     )
     parser.add_argument(
         "--only",

@@ -7,6 +7,10 @@ samples at θ and at θ'. The fine-tuning step is cross-entropy, backward and SG
 samples (the ``FineTune`` baseline's step at the same batch size). Times are per step after
 ``--warmup`` steps (CUDA events on a GPU, ``perf_counter`` on the CPU); peak memory is
 ``torch.cuda.max_memory_allocated`` (model, optimizer state and activations; GPU only).
+On a GPU, ``host syncs/step`` counts the calls per step that make the host wait for the device
+(``torch.cuda.set_sync_debug_mode("warn")`` flags each one): the functional meta step should
+queue its work without waiting, apart from the one deliberate read-back of its step statistics
+(losses, norms: the non-finite check before the update is applied).
 
 ``--ddp-check`` instead runs the multi-process rule on 2 processes (NCCL on 2 GPUs, gloo on the
 CPU), float64: each rank steps on its half of the global batch, and the result must equal one
@@ -27,6 +31,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -111,6 +116,26 @@ def time_steps(
     return times, peak
 
 
+def host_syncs_per_step(
+    step: Callable[[], Any], device: torch.device, steps: int = 3
+) -> float | None:
+    """Synchronizing CUDA calls per step (after one uncounted step); None off the GPU."""
+    if device.type != "cuda":
+        return None
+    step()
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    synchronize(device)
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
 def make_step(
     kind: str, model: nn.Module, dtype: torch.dtype | None, retain: Batch, forget: Batch
 ) -> Callable[[], None]:
@@ -156,6 +181,7 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
             model = make_model(args.model, device).train()
             step = make_step(kind, model, DTYPES[dtype_name], retain, forget)
             times, peak = time_steps(step, args.steps, args.warmup, device)
+            syncs = host_syncs_per_step(step, device)
             median = statistics.median(times)
             finetune_ms = finetune_ms or median
             rows.append(
@@ -170,6 +196,7 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
                     "x_finetune": median / finetune_ms,
                     "steps": len(times),
                     "peak_mib": peak,
+                    "host_syncs_per_step": syncs,
                 }
             )
             del model, step
@@ -180,14 +207,16 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | batch | device | dtype | step | ms/step (median) | × fine-tune | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | device | dtype | step | ms/step (median) | × fine-tune | peak MiB "
+        "| host syncs/step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        syncs = "n/a" if r["host_syncs_per_step"] is None else f"{r['host_syncs_per_step']:g}"
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['device']} | {r['dtype']} | {r['step']} | "
-            f"{r['ms_median']:.1f} | {r['x_finetune']:.2f} | {peak} |"
+            f"{r['ms_median']:.1f} | {r['x_finetune']:.2f} | {peak} | {syncs} |"
         )
     return "\n".join(lines)
 

@@ -17,7 +17,8 @@
 #   FASHION_MNIST_ROOT=DIR that already holds DIR/FashionMNIST/raw/ (torchvision's layout).
 #   --dry-run: the same steps on the CPU at tiny size (one precision, two batches per stage);
 #   needs FASHION_MNIST_ROOT (the tests write tiny files in the official format).
-#   PYTHON=/path/to/python chooses the interpreter; OUT=DIR the output folder.
+#   PYTHON=/path/to/python chooses the interpreter; OUT=DIR the output folder; PARTS="steps
+#   quality" (the default) runs both parts, PARTS=quality or PARTS=steps one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -31,6 +32,7 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=$(command -v python3); fi
 fi
 OUT=${OUT:-$REPO/runs/gpu_check}
+PARTS=${PARTS:-steps quality}
 # Checkpoints and logs of the benchmark stages (a few hundred MB): RUNS=DIR puts them elsewhere.
 RUNS=${RUNS:-$OUT}
 export WANDB_MODE=${WANDB_MODE:-offline}
@@ -58,7 +60,7 @@ else
   SMALL=()
   if [ -z "${FASHION_MNIST_ROOT:-}" ]; then
     GZ=${FASHION_MNIST_GZ:-/usr/share/datasets/fashion-mnist}
-    FASHION_MNIST_ROOT=$OUT/data
+    FASHION_MNIST_ROOT=$RUNS/data
     mkdir -p "$FASHION_MNIST_ROOT/FashionMNIST/raw"
     for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
       if [ ! -f "$GZ/$f.gz" ]; then
@@ -72,13 +74,13 @@ fi
 "$PYTHON" -c "import torch, lightning; print(f'torch {torch.__version__}, lightning {lightning.__version__}')" | tee "$SUMMARY"
 
 bench() { "$PYTHON" "$REPO/scripts/bench_step_cost.py" --device "$DEVICE" "$@" "${BENCH_SIZE[@]}"; }
-elapsed "LTU step vs fine-tuning step"
-{
+[[ " $PARTS " == *" steps "* ]] && elapsed "LTU step vs fine-tuning step" && {
   echo "## LTU step vs fine-tuning step"
   bench --model resnet18 --batch 128 --steps 20 --warmup 5 --out "$OUT/resnet18.json"
   bench --model small_cnn --batch 64 --steps 50 --warmup 10 --out "$OUT/small_cnn.json"
 } | tee -a "$SUMMARY"
 
+[[ " $PARTS " == *" quality "* ]] || PRECISIONS=()
 for precision in "${PRECISIONS[@]}"; do
   elapsed "Fashion-MNIST ResNet-18 benchmark, $precision"
   echo "## Full Fashion-MNIST, ResNet-18, $precision" >> "$SUMMARY"

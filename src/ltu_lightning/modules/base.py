@@ -107,11 +107,20 @@ class BaseModule(L.LightningModule):
         if dm is None or not hasattr(dm, "role_dataset"):
             return
         x, _ = dm.role_dataset("test")[0]
+        # Where the weights are now: set-up runs before the strategy moves the module to its
+        # device, while ``self.device`` may already name the target device.
+        param = next(self.backbone.parameters(), None)
+        device = param.device if param is not None else self.device
+        x = (
+            x.to(device, param.dtype)
+            if param is not None and x.is_floating_point()
+            else x.to(device)
+        )
         with torch.no_grad():
             was_training = self.backbone.training
             self.backbone.eval()
             try:
-                out = self.backbone(x.unsqueeze(0).to(self.device))
+                out = self.backbone(x.unsqueeze(0))
             except RuntimeError as err:
                 raise LTUError(
                     f"backbone {type(self.backbone).__name__} cannot take {dm.dataset_name} images of shape "

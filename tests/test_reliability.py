@@ -467,7 +467,7 @@ def _verdict(
         ]
     )
     out = capsys.readouterr().out
-    line = next(ln for ln in out.splitlines() if "FORGOTTEN" in ln)
+    line = next(ln for ln in out.splitlines() if ln.startswith("verdict: "))
     z = float(re.search(r"\(z = ([-\d.]+)", line).group(1))
     return line, z
 
@@ -486,9 +486,9 @@ def test_evaluate_flags_the_original_and_not_a_model_that_never_saw_the_forget_s
                   "--trainer.limit_val_batches", "1", *QUIET, *extra])  # fmt: skip
     config = CONFIGS / "pretrain" / "digits.yaml"
     line, z = _verdict(capsys, config, manifest, tmp_path / "pretrain/checkpoints/last.ckpt", extra)
-    assert line.startswith("NOT FORGOTTEN") and z > 2, line
+    assert line.startswith("verdict: still detectable") and z > 2, line
     line, z = _verdict(capsys, config, manifest, tmp_path / "retrain/checkpoints/last.ckpt", extra)
-    assert line.startswith("FORGOTTEN") and z < 2, line
+    assert line.startswith("verdict: forgotten") and z < 2, line
     for number in ("loss-AUC of forget vs test = 0.", "detectable above 0.", "MIA-efficacy = "):
         assert number in line
 

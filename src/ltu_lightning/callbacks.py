@@ -3,6 +3,7 @@ metrics, and (on request, from YAML) W&B gradient histograms."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -10,18 +11,24 @@ import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ltu_lightning.tracking import update_wandb_summary, wandb_loggers
+from ltu_lightning.tracking import save_file_with_run, update_wandb_summary, wandb_loggers
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Writes config.yaml as usual and hands the same resolved config (``model``, ``data``,
     ``trainer``, ...) to every logger's ``log_hyperparams``: the W&B run config, CSV's
-    hparams.yaml, TensorBoard's hparams then say exactly what ran."""
+    hparams.yaml, TensorBoard's hparams then say exactly what ran. A W&B run also keeps the
+    config.yaml file itself (``files/cli/config.yaml``; wandb's own ``files/config.yaml`` is
+    the run config), so ``ltu fit --config`` of the downloaded file repeats the run."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
+        if self.save_to_log_dir and trainer.log_dir is not None:
+            saved = Path(trainer.log_dir) / self.config_filename
+            for logger in wandb_loggers(trainer.loggers):
+                save_file_with_run(logger.experiment, saved, "cli")
 
 
 class SelectionSummary(L.Callback):

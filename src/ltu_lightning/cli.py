@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 import ltu_lightning.data  # noqa: F401
 import ltu_lightning.models  # noqa: F401
 import ltu_lightning.modules  # noqa: F401  (registers the modules for short class names)
+from ltu_lightning import quiet
 from ltu_lightning.callbacks import LoggerSaveConfigCallback, SelectionSummary
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.checkpoints import load_checkpoint
@@ -44,8 +45,13 @@ class LTUCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("trainer_defaults", {"callbacks": [SelectionSummary()]})
+        # the resolved config reaches every logger (LoggerSaveConfigCallback); Lightning's own
+        # autolog of the module's and data module's hparams would add them again as flat keys
+        kwargs.setdefault(
+            "trainer_defaults", {"callbacks": [SelectionSummary()], "enable_autolog_hparams": False}
+        )
         kwargs.setdefault("auto_configure_optimizers", False)
+        quiet.install()
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
     def before_instantiate_classes(self) -> None:
@@ -82,7 +88,30 @@ class LTUCLI(LightningCLI):
         load_checkpoint(path)  # the same safe read as for an explicit path
         config["ckpt_path"] = str(path)
 
-    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_keyword
+    def prepare_run(self, config: Namespace) -> None:
+        """Before the trainer runs: W&B loggers ready to start quietly (:mod:`ltu_lightning.quiet`),
+        and, with ``WANDB_MODE`` set, the mode it decided recorded as the logger's ``offline``
+        in the config that config.yaml and the loggers receive."""
+        quiet.hide_version_number(self.trainer)
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                quiet.prepare_wandb_logger(logger)
+        mode = os.environ.get("WANDB_MODE")
+        specs = config.trainer.logger
+        for spec in specs if isinstance(specs, list) else [specs]:
+            if (
+                mode
+                and isinstance(spec, Namespace)
+                and isinstance(spec.get("init_args"), Namespace)
+            ):
+                if "offline" in spec.init_args and spec.class_path.endswith("WandbLogger"):
+                    spec.init_args.offline = mode in ("offline", "dryrun")
+
+    def _before_trainer_run(self) -> None:
+        self.prepare_run(self.config[self.subcommand])
+        self._resolve_ckpt_keyword()
+
+    before_fit = before_validate = before_test = before_predict = _before_trainer_run
 
 
 def run(args: list[str]) -> None:

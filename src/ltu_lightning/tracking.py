@@ -39,6 +39,18 @@ def finish_wandb_stage(loggers: Iterable[Logger], metrics: Mapping[str, float]) 
         logger.experiment.finish()
 
 
+def save_file_with_run(run: Any, path: Path, folder: str) -> Path:
+    """Copy ``path`` into the W&B run's files as ``<folder>/<name>`` (uploaded with the run,
+    offline runs on ``wandb sync``); returns the copy."""
+    import shutil
+
+    target = Path(run.dir) / folder / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    run.save(str(target), base_path=run.dir, policy="now")
+    return target
+
+
 def benchmark_group(name: str) -> str:
     """The W&B group of one benchmark invocation: its stage runs and its report run."""
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -67,9 +79,24 @@ def _cell(text: str) -> Any:
         return text
 
 
-def log_benchmark_to_wandb(summary: Mapping[str, Any], out_dir: Path, group: str) -> Path:
-    """Log a benchmark's results.csv (as a ``wandb.Table``) and its plots (``wandb.Image``)
-    from ``out_dir`` to a ``report`` run of ``group``; returns the run's local folder."""
+#: the report run's native W&B charts: (name, kind, x column, y column) of the results table
+REPORT_CHARTS = (
+    ("avg_gap", "bar", "method", "avg_gap_mean"),
+    ("UA", "bar", "method", "UA_mean"),
+    ("RA", "bar", "method", "RA_mean"),
+    ("TA", "bar", "method", "TA_mean"),
+    ("MIA", "bar", "method", "MIA_mean"),
+    ("avg_gap_vs_time", "scatter", "time_s_mean", "avg_gap_mean"),
+)
+
+
+def log_benchmark_to_wandb(
+    summary: Mapping[str, Any], out_dir: Path, group: str, config: Mapping[str, Any] | None = None
+) -> Path:
+    """Log a benchmark's results.csv (as a ``wandb.Table``), W&B bar and scatter charts built
+    from that table (``charts/<name>``) and the matplotlib plots (``plots/<name>``, images) from
+    ``out_dir`` to a ``report`` run of ``group`` whose config is the benchmark's ``config``;
+    returns the run's local folder."""
     import wandb
 
     with (out_dir / "results.csv").open(newline="") as f:
@@ -81,11 +108,21 @@ def log_benchmark_to_wandb(summary: Mapping[str, Any], out_dir: Path, group: str
         name=f"{summary['benchmark']}-report",
         dir=str(out_dir),
         mode=os.environ.get("WANDB_MODE", "offline"),
-        config={"benchmark": summary["benchmark"], "seeds": list(summary["seeds"])},
+        config=dict(config or {"benchmark": summary["benchmark"], "seeds": list(summary["seeds"])}),
+        settings=wandb.Settings(silent=True),
     )
+    table = wandb.Table(columns=header, data=[[_cell(c) for c in r] for r in rows])
+    charts = {}
+    for name, kind, x, y in REPORT_CHARTS:
+        title = f"{summary['benchmark']}: {y.removesuffix('_mean')}" + (
+            f" vs {x.removesuffix('_mean')}" if kind == "scatter" else ""
+        )
+        chart = wandb.plot.bar if kind == "bar" else wandb.plot.scatter
+        charts[f"charts/{name}"] = chart(table, x, y, title=title)
     run.log(
         {
-            "results": wandb.Table(columns=header, data=[[_cell(c) for c in r] for r in rows]),
+            "results": table,
+            **charts,
             **{f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))},
         }
     )

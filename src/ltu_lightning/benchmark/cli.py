@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from ltu_lightning.benchmark.progress import (
+    BenchmarkProgress,
+    override_notices,
+    process_wall_time,
+)
 from ltu_lightning.benchmark.report import markdown_table, write_reports
-from ltu_lightning.benchmark.runner import load_benchmark
+from ltu_lightning.benchmark.runner import REFERENCE_STAGES, load_benchmark
 from ltu_lightning.errors import LTUError
+from ltu_lightning.quiet import quiet_wandb
 from ltu_lightning.tracking import benchmark_group, log_benchmark_to_wandb
 
 
@@ -93,21 +100,35 @@ def benchmark_main(args: list[str]) -> None:
                 f"--only names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
             )
         bench.methods = [m for m in bench.methods if m.key in cfg.only]
-    start = time.perf_counter()
+    for notice in override_notices(bench.overrides, {m.key: m.overrides for m in bench.methods}):
+        print(notice, flush=True)
     print(
         f"benchmark {bench.name}: seeds {bench.seeds}, {len(bench.methods)} methods -> {out}",
         flush=True,
     )
-    results = bench.run(progress=lambda line: print(line, flush=True))
+    start = time.perf_counter()
+    total = len(bench.seeds) * (len(REFERENCE_STAGES) + len(bench.methods))
+    with quiet_wandb(), BenchmarkProgress(total) as display:
+        results = bench.run(progress=display.print, events=display)
+    stages_s = time.perf_counter() - start
     from ltu_lightning.benchmark.report import aggregate
 
     summary = aggregate(bench, results)
     paths = write_reports(summary, out)
     print()
     print(markdown_table(summary))
-    print(
-        f"\nwall time {time.perf_counter() - start:.0f}s; wrote {', '.join(str(p) for p in paths)}"
-    )
     if bench.wandb_group:
-        run_dir = log_benchmark_to_wandb(summary, out, bench.wandb_group)
+        run_dir = log_benchmark_to_wandb(summary, out, bench.wandb_group, benchmark_config(cfg))
         print(f"W&B group {bench.wandb_group}: report run in {run_dir}")
+    print(
+        f"\nwrote {', '.join(str(p) for p in paths)}\nwall time {process_wall_time():.0f}s "
+        f"(the whole ltu benchmark process: start-up, {stages_s:.0f}s of stages, reports)"
+    )
+
+
+def benchmark_config(cfg: Namespace) -> dict[str, Any]:
+    """The parsed benchmark configuration as plain data (the report run's W&B config)."""
+    config = cfg.as_dict()
+    config.pop("config", None)
+    config.pop("__path__", None)
+    return config

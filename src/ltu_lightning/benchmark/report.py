@@ -11,6 +11,7 @@ from typing import Any
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, StageResult
 from ltu_lightning.data.splits import atomic_path, write_json_atomic
 from ltu_lightning.evaluation.metrics import avg_gap, relative_time_efficiency, summarize
+from ltu_lightning.evaluation.protocol import VERDICTS, forgetting_verdict
 
 METRICS = ("UA", "RA", "TA", "MIA", "MIA_entropy", "loss_auc", "avg_gap", "time_s", "rte")
 COLLAPSE_TA = 50.0  # a seed whose test accuracy falls below this counts as collapsed
@@ -36,6 +37,8 @@ def aggregate(bench: Benchmark, results: dict[int, dict[str, StageResult]]) -> d
         entry["failed"] = int(sum(row.get("failed", 0.0) for row in rows))
         entry["no_gain"] = int(sum(row.get("no_gain", 0.0) for row in rows))
         entry["access"] = access.get(key)
+        verdicts = [forgetting_verdict(results[seed][key].metrics) for seed in bench.seeds]
+        entry["verdicts"] = {v: verdicts.count(v) for v in VERDICTS}
         if "TA_forgotten_classes" in rows[0]:
             for extra in ("TA_remaining_classes", "TA_forgotten_classes"):
                 entry[extra] = summarize([row[extra] for row in rows])
@@ -44,10 +47,23 @@ def aggregate(bench: Benchmark, results: dict[int, dict[str, StageResult]]) -> d
     return {"benchmark": bench.name, "seeds": list(bench.seeds), "methods": methods}
 
 
-def _fmt(stat: dict[str, float], digits: int = 2) -> str:
+def _fmt(stat: dict[str, float], digits: int = 2, seeds: int = 2) -> str:
+    """``mean ± std`` over seeds; the mean alone for one seed (there is no spread to show)."""
     if any(math.isinf(v) or math.isnan(v) for v in stat.values()):
         return "n/a"
+    if seeds < 2:
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def detectable_cell(entry: dict[str, Any]) -> str:
+    """The two-sided verdict of the seeds: one word for one seed, else the counts."""
+    counts = {v: n for v, n in entry.get("verdicts", {}).items() if n}
+    if not counts:
+        return "-"
+    if len(counts) == 1 and sum(counts.values()) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{n}× {v}" for v, n in counts.items())
 
 
 COLUMNS = [
@@ -64,15 +80,17 @@ COLUMNS = [
 
 def markdown_table(summary: dict[str, Any]) -> str:
     head = ["method", "access"] + [name for _, name, _ in COLUMNS]
-    head += ["collapsed", "failed", "no gain"]
+    head += ["collapsed", "failed", "no gain", "detectable"]
+    seeds = len(summary["seeds"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, entry in summary["methods"].items():
         cells = [key.split(":")[0], entry["access"] or "-"]
-        cells += [_fmt(entry[m], d) for m, _, d in COLUMNS]
+        cells += [_fmt(entry[m], d, seeds) for m, _, d in COLUMNS]
         cells += [
             str(entry["collapsed"]),
             str(entry.get("failed", 0)),
             str(entry.get("no_gain", 0)),
+            detectable_cell(entry),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -94,7 +112,7 @@ def class_table(summary: dict[str, Any]) -> str:
     lines.append("|" + "---|" * (2 + len(CLASS_COLUMNS)))
     for key, entry in entries.items():
         cells = [key.split(":")[0], entry["access"] or "-"]
-        cells += [_fmt(entry[m], 1) for m, _ in CLASS_COLUMNS]
+        cells += [_fmt(entry[m], 1, len(summary["seeds"])) for m, _ in CLASS_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -112,6 +130,7 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
             "collapsed",
             "failed",
             "no_gain",
+            "detectable",
         ]
     )
     for key, entry in summary["methods"].items():
@@ -123,17 +142,21 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
                 entry["collapsed"],
                 entry.get("failed", 0),
                 entry.get("no_gain", 0),
+                detectable_cell(entry),
             ]
         )
     _write_text(out / "results.csv", buf.getvalue())
     md = (
-        f"# Benchmark `{summary['benchmark']}`\n\nSeeds: {summary['seeds']}. Mean ± std over seeds; "
-        "metrics in percent except loss-AUC (0.5 = forget set indistinguishable from test data); "
+        f"# Benchmark `{summary['benchmark']}`\n\nSeeds: {summary['seeds']}. "
+        + ("Mean ± std over seeds; " if len(summary["seeds"]) > 1 else "One seed (no spread); ")
+        + "metrics in percent except loss-AUC (0.5 = forget set indistinguishable from test data); "
         "Avg.Gap against Retrain of the same seed (lower is better); RTE = retrain time / unlearning "
         "time; collapsed = seeds with TA < 50; failed = seeds stopped by a guard (non-finite "
         "step), reported from their last good checkpoint (the starting model if stopped in "
         "their first epoch); no gain = seeds whose kept epoch did "
-        "not beat the starting model on the validation criterion.\n\n"
+        "not beat the starting model on the validation criterion; detectable = the two-sided "
+        "verdict of the membership attacks on D_f vs test data (forgotten, still detectable: "
+        "D_f looks more familiar, over-forgotten: D_f looks less familiar than unseen data).\n\n"
         + markdown_table(summary)
         + "\n"
     )
@@ -154,53 +177,97 @@ def _save_png(fig: Any, path: Path) -> None:
         fig.savefig(tmp, dpi=120, format="png")
 
 
+#: marker of each access mode in the plots (reference models have none)
+ACCESS_MARKERS = {"partial": "o", "full": "s", None: "D"}
+REFERENCE_COLOURS = {"original": "0.45", "retrain": "black"}
+
+
+def method_styles(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Colour per method (``ltu`` in ``ltu:partial`` and ``ltu:full`` alike), marker per access."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
+    names: list[str] = []
+    styles = {}
+    for key, entry in summary["methods"].items():
+        name = key.split(":")[0]
+        if name not in REFERENCE_COLOURS and name not in names:
+            names.append(name)
+        colour = REFERENCE_COLOURS.get(name) or palette[names.index(name) % len(palette)]
+        label = name if entry["access"] is None else f"{name} ({entry['access']})"
+        styles[key] = {
+            "color": colour,
+            "marker": ACCESS_MARKERS.get(entry["access"], "o"),
+            "label": label,
+        }
+    return styles
+
+
+def _zoom(values: list[float], extra: float = 0.08) -> tuple[float, float]:
+    """Axis limits around ``values`` with a margin (a fixed one when they are all equal)."""
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * extra or max(abs(hi) * 0.05, 0.5)
+    return lo - pad, hi + pad
+
+
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:
-    """Avg.Gap vs unlearning time, and one bar chart per metric with Retrain marked."""
+    """Avg.Gap vs unlearning time, and the metrics of every row next to Retrain's; a colour per
+    method, a marker per access mode, axes zoomed to the data, error bars only over 2+ seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    several = len(summary["seeds"]) > 1
+    styles = method_styles(summary)
     methods = {k: v for k, v in summary["methods"].items() if k not in REFERENCE_STAGES}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    retrain = summary["methods"]["retrain"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, entry in methods.items():
+        x, y = entry["time_s"]["mean"], entry["avg_gap"]["mean"]
         ax.errorbar(
-            entry["time_s"]["mean"],
-            entry["avg_gap"]["mean"],
-            yerr=entry["avg_gap"]["std"],
-            fmt="o",
-            capsize=3,
-        )
-        ax.annotate(
-            key,
-            (entry["time_s"]["mean"], entry["avg_gap"]["mean"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    retrain_t = summary["methods"]["retrain"]["time_s"]["mean"]
+            x, y, yerr=entry["avg_gap"]["std"] if several else None, capsize=3, ls="none",
+            ms=7, **styles[key],
+        )  # fmt: skip
+    retrain_t = retrain["time_s"]["mean"]
     ax.axvline(retrain_t, color="k", ls="--", lw=1, label=f"retrain time ({retrain_t:.0f}s)")
+    times = [e["time_s"]["mean"] for e in methods.values()] + [retrain_t]
+    gaps = [
+        e["avg_gap"]["mean"] + (e["avg_gap"]["std"] if several else 0) for e in methods.values()
+    ]
+    gaps += [
+        e["avg_gap"]["mean"] - (e["avg_gap"]["std"] if several else 0) for e in methods.values()
+    ]
+    ax.set_xlim(*_zoom(times))
+    if gaps:
+        ax.set_ylim(*_zoom(gaps))
     ax.set_xlabel("unlearning time (s)")
     ax.set_ylabel("Avg.Gap to Retrain (lower is better)")
     ax.set_title(f"{summary['benchmark']}: gap vs time")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     paths = [out / "avg_gap_vs_time.png"]
     _save_png(fig, paths[0])
     plt.close(fig)
 
     keys = list(summary["methods"])
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 0.35 * len(keys) + 1.6), sharey=True)
     for ax, metric in zip(axes, ("UA", "RA", "TA", "MIA"), strict=True):
-        means = [summary["methods"][k][metric]["mean"] for k in keys]
-        stds = [summary["methods"][k][metric]["std"] for k in keys]
-        ax.bar(range(len(keys)), means, yerr=stds, capsize=2, color="tab:blue")
-        ax.axhline(
-            summary["methods"]["retrain"][metric]["mean"], color="tab:red", ls="--", label="Retrain"
-        )
-        ax.set_xticks(range(len(keys)), keys, rotation=60, ha="right", fontsize=7)
-        ax.set_title(metric)
-        ax.legend(fontsize=7)
+        values = []
+        for row, key in enumerate(keys):
+            stat = summary["methods"][key][metric]
+            ax.errorbar(
+                stat["mean"], row, xerr=stat["std"] if several else None, capsize=2, ls="none",
+                ms=6, **styles[key],
+            )  # fmt: skip
+            spread = stat["std"] if several else 0.0
+            values += [stat["mean"] - spread, stat["mean"] + spread]
+        ax.axvline(retrain[metric]["mean"], color="black", ls="--", lw=1)
+        ax.set_xlim(*_zoom(values))
+        ax.set_title(f"{metric} (%) — dashed: Retrain")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(keys)), [styles[k]["label"] for k in keys], fontsize=8)
+    axes[0].invert_yaxis()
     fig.tight_layout()
     paths.append(out / "metrics_bars.png")
     _save_png(fig, paths[1])

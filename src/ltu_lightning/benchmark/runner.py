@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltu_lightning.benchmark.progress import StageEvents
 from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.evaluation.cli import evaluate_checkpoint
@@ -256,7 +257,11 @@ class Benchmark:
         wandb = wandb_stage_args(self.wandb_group, stage, seed) if self.wandb_group else []
         return [*wandb, *self.overrides]
 
-    def run(self, progress: Callable[[str], None] = print) -> dict[int, dict[str, StageResult]]:
+    def run(
+        self, progress: Callable[[str], None] = print, events: StageEvents | None = None
+    ) -> dict[int, dict[str, StageResult]]:
+        """Every stage of every seed; ``progress`` gets one line per stage started and finished,
+        ``events`` (e.g. the live display) each stage's start and end."""
         results: dict[int, dict[str, StageResult]] = {}
         stages = len(REFERENCE_STAGES) + len(self.methods)
         for seed in self.seeds:
@@ -271,7 +276,11 @@ class Benchmark:
                     cached = reevaluate_stage(
                         config, root / key, seed, manifest, self._stage_overrides(key, seed)
                     )
+                if events is not None:
+                    events.started(seed, key, "reusing" if cached is not None else "training")
                 if cached is not None:
+                    if events is not None:
+                        events.finished(seed, key)
                     progress(
                         f"[seed {seed}] {i + 1}/{stages} {key}: reusing {root / key} ({cached.time_s:.1f}s)"
                     )
@@ -281,6 +290,8 @@ class Benchmark:
                 per_seed[key] = run_stage(
                     config, root / key, seed, manifest, self._stage_overrides(key, seed)
                 )
+                if events is not None:
+                    events.finished(seed, key)
                 progress(
                     f"[seed {seed}] {i + 1}/{stages} {key}: done in {per_seed[key].time_s:.1f}s "
                     f"(TA {per_seed[key].metrics['TA']:.1f})"
@@ -289,6 +300,8 @@ class Benchmark:
             for j, method in enumerate(self.methods):
                 n = len(REFERENCE_STAGES) + j + 1
                 progress(f"[seed {seed}] {n}/{stages} {method.key}: unlearning ...")
+                if events is not None:
+                    events.started(seed, method.key, "unlearning")
                 result = run_stage(
                     method.config,
                     root / method.folder,
@@ -300,6 +313,8 @@ class Benchmark:
                 )
                 per_seed[method.key] = result
                 gap = avg_gap(result.metrics, per_seed["retrain"].metrics)
+                if events is not None:
+                    events.finished(seed, method.key)
                 progress(
                     f"[seed {seed}] {n}/{stages} {method.key}: done in {result.time_s:.1f}s "
                     f"(Avg.Gap {gap:.2f}, TA {result.metrics['TA']:.1f})"

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.metrics import avg_gap
-from ltu_lightning.evaluation.protocol import evaluate_unlearning, verdict
+from ltu_lightning.evaluation.protocol import evaluate_unlearning, forgetting_verdict, verdict
 from ltu_lightning.modules.checkpoints import load_backbone_weights
+from ltu_lightning.tracking import update_wandb_summary
 
 
 def evaluate_checkpoint(
@@ -70,3 +74,22 @@ def evaluate_main(args: list[str]) -> None:
     print(verdict(metrics, reference))
     if cfg.output:
         write_json_atomic(cfg.output, metrics)
+    log_evaluation(cli, metrics)
+
+
+def log_evaluation(cli: Any, metrics: dict[str, float]) -> None:
+    """Send an evaluation to the trainer's loggers as ``eval/<metric>`` (W&B: also the run
+    summary, with ``eval/verdict``), with the resolved config as hyperparameters."""
+    loggers = cli.trainer.loggers
+    if not loggers:
+        return
+    cli.prepare_run(cli.config)
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    scores = {f"eval/{k}": float(v) for k, v in metrics.items()}
+    for logger in loggers:
+        logger.log_hyperparams(config)
+        logger.log_metrics(scores, step=0)
+        logger.save()
+    update_wandb_summary(loggers, {**scores, "eval/verdict": forgetting_verdict(metrics)})
+    for logger in loggers:
+        logger.finalize("success")

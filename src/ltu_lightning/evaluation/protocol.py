@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltu_lightning.evaluation.metrics import per_sample_outputs, unlearning_metrics
+from ltu_lightning.evaluation.metrics import loss_auc, per_sample_outputs, unlearning_metrics
 
 
 @torch.no_grad()
@@ -50,9 +50,9 @@ def evaluate_unlearning(
     """UA, RA, TA, MIA (confidence and entropy SVC), loss-AUC attack, plus class-wise accuracies.
 
     Percentages except ``loss_auc`` (0..1). For class-wise forgetting, ``TA_remaining_classes``
-    and ``TA_forgotten_classes`` split the test accuracy; ``detectable`` is 1.0 when the
-    loss-AUC attack separates D_f from test data beyond ~2 standard errors of chance, or D_f is
-    classified better than test data beyond 2 standard errors (``correct_gap_z``).
+    and ``TA_forgotten_classes`` split the test accuracy. ``detectable`` is 1.0 when D_f still
+    looks *more* familiar than test data, ``over_forgotten`` 1.0 when it looks *less* familiar,
+    each beyond ~2 standard errors of chance (see :func:`forgetting_verdict`).
     """
     forget = role_outputs(model, datamodule, "forget", device)
     remaining = role_outputs(model, datamodule, "remaining", device)
@@ -63,11 +63,57 @@ def evaluate_unlearning(
         forgotten = np.isin(test["targets"], classes)
         metrics["TA_remaining_classes"] = 100.0 * float(test["correct"][~forgotten].mean())
         metrics["TA_forgotten_classes"] = 100.0 * float(test["correct"][forgotten].mean())
-    threshold = detection_threshold(len(forget["loss"]), len(test["loss"]))
-    metrics["detect_threshold"] = threshold
-    metrics["correct_gap_z"] = correct_gap_z(forget["correct"], test["correct"])
-    metrics["detectable"] = float(metrics["loss_auc"] > threshold or metrics["correct_gap_z"] > 2.0)
+    metrics.update(detection_metrics(forget, test))
+    verdict_ = forgetting_verdict(metrics)
+    metrics["detectable"] = float(verdict_ == STILL_DETECTABLE)
+    metrics["over_forgotten"] = float(verdict_ == OVER_FORGOTTEN)
     return metrics
+
+
+FORGOTTEN, STILL_DETECTABLE, OVER_FORGOTTEN = "forgotten", "still detectable", "over-forgotten"
+#: the three answers of :func:`forgetting_verdict`
+VERDICTS = (FORGOTTEN, STILL_DETECTABLE, OVER_FORGOTTEN)
+
+
+def forgetting_verdict(metrics: dict[str, float]) -> str:
+    """Is D_f told apart from unseen test data, and on which side? Two-sided, at ~2 standard
+    errors of chance (``detect_threshold`` for an AUC, 2 for ``correct_gap_z``):
+
+    - ``still detectable``: D_f looks more familiar: the untrained ``loss_auc_raw`` above the
+      threshold, the trained ``loss_auc`` attack above it with D_f on the familiar side, or D_f
+      classified better by more than 2 standard errors. The model still remembers it.
+    - ``over-forgotten``: D_f looks *less* familiar than unseen data (the same tests on the other
+      side: ``loss_auc_raw`` below ``1 - threshold``, the attack above the threshold with D_f on
+      the unfamiliar side, or classified worse by more than 2 standard errors). A model that never
+      saw D_f (Retrain) does not show this, so it gives D_f away too.
+    - ``forgotten``: neither; the attacks cannot tell D_f from test data.
+
+    Metrics without ``loss_auc_raw`` (written before it existed) read ``loss_auc`` both ways.
+    """
+    attack, z = metrics["loss_auc"], metrics["correct_gap_z"]
+    raw = metrics.get("loss_auc_raw", attack)
+    margin = metrics["detect_threshold"] - 0.5
+    attack_finds = attack > 0.5 + margin
+    if raw > 0.5 + margin or z > 2.0 or (attack_finds and raw >= 0.5):
+        return STILL_DETECTABLE
+    if raw < 0.5 - margin or z < -2.0 or attack_finds:
+        return OVER_FORGOTTEN
+    return FORGOTTEN
+
+
+def detection_metrics(
+    forget: dict[str, np.ndarray], test: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """What :func:`forgetting_verdict` needs besides ``loss_auc``, from the per-sample outputs
+    on D_f and test data: ``detect_threshold`` (chance plus ~2 standard errors of an AUC),
+    ``correct_gap_z`` and ``loss_auc_raw``, the untrained AUC of "lower loss = D_f" (above 0.5
+    D_f looks more familiar than test data, below 0.5 less: the trained ``loss_auc`` attack
+    learns the direction, so only this one says which side D_f is on)."""
+    return {
+        "detect_threshold": detection_threshold(len(forget["loss"]), len(test["loss"])),
+        "correct_gap_z": correct_gap_z(forget["correct"], test["correct"]),
+        "loss_auc_raw": loss_auc(forget["loss"], test["loss"]),
+    }
 
 
 def correct_gap_z(forget_correct: np.ndarray, test_correct: np.ndarray) -> float:
@@ -85,16 +131,26 @@ def correct_gap_z(forget_correct: np.ndarray, test_correct: np.ndarray) -> float
 
 
 def verdict(metrics: dict[str, float], reference: dict[str, float] | None = None) -> str:
-    """One sentence a user can act on: is the forget set still detectable by the attacks?"""
+    """One sentence a user can act on: ``verdict: <forgotten|still detectable|over-forgotten>``,
+    the reason, and the numbers behind it (:func:`forgetting_verdict`)."""
     auc, thr = metrics["loss_auc"], metrics["detect_threshold"]
+    raw = metrics.get("loss_auc_raw", auc)
     base = (
-        f"loss-AUC of forget vs test = {auc:.3f} (chance 0.5, detectable above {thr:.3f}); "
+        f"loss-AUC of forget vs test = {auc:.3f} (trained attack; chance 0.5, detectable above "
+        f"{thr:.3f}); untrained loss-AUC = {raw:.3f} (above 0.5 the forget set looks more "
+        f"familiar: detectable above {thr:.3f}, over-forgotten below {1.0 - thr:.3f}); "
         f"accuracy gap forget - test = {100 - metrics['UA'] - metrics['TA']:+.1f} points "
-        f"(z = {metrics['correct_gap_z']:.1f}, detectable above 2); "
+        f"(z = {metrics['correct_gap_z']:.1f}, detectable above 2, over-forgotten below -2); "
         f"MIA-efficacy = {metrics['MIA']:.1f}%, UA = {metrics['UA']:.1f}%"
     )
     if reference is not None:
         base += f"; retrain reference: loss-AUC {reference['loss_auc']:.3f}, MIA {reference['MIA']:.1f}%"
-    if metrics["detectable"]:
-        return f"NOT FORGOTTEN: the forget set is still detectable by a membership attack ({base})."
-    return f"FORGOTTEN: the membership attacks cannot tell the forget set from unseen test data ({base})."
+    reason = {
+        STILL_DETECTABLE: "a membership attack still finds the forget set more familiar than "
+        "unseen test data",
+        OVER_FORGOTTEN: "the forget set looks less familiar than unseen test data, which a "
+        "model that never saw it does not show (and which itself gives it away)",
+        FORGOTTEN: "the membership attacks cannot tell the forget set from unseen test data",
+    }
+    kind = forgetting_verdict(metrics)
+    return f"verdict: {kind}: {reason[kind]} ({base})."

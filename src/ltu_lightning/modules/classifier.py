@@ -49,27 +49,39 @@ class ClassifierModule(BaseModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        self.train_acc(logits, y)
+        self.train_acc.update(logits, y)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_accuracy("train/acc", self.train_acc, prog_bar=True)
 
     def validation_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         x, y = batch
         logits = self(x)
-        self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y), add_dataloader_idx=False)
-        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, add_dataloader_idx=False)
+        self.val_acc.update(logits, y)
+        loss = F.cross_entropy(logits, y)
+        self.log("val/loss", loss, add_dataloader_idx=False, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         x, y = batch
+        self.test_acc[dataloader_idx].update(self(x), y)
+
+    def on_test_epoch_end(self) -> None:
         roles = getattr(self.datamodule, "test_roles", ("test", "forget", "remaining"))
-        metric = self.test_acc[dataloader_idx]
-        metric(self(x), y)
-        self.log(
-            f"test/acc_{roles[dataloader_idx]}", metric, on_epoch=True, add_dataloader_idx=False
-        )
+        for role, metric in zip(roles, self.test_acc, strict=False):
+            self._log_accuracy(f"test/acc_{role}", metric)
+
+    def _log_accuracy(self, name: str, metric: MulticlassAccuracy, prog_bar: bool = False) -> None:
+        """Log an epoch's accuracy in percent, as every other accuracy of the project. The
+        metric's ``compute`` gathers all processes, so ``sync_dist`` averages equal values."""
+        if metric.update_called:
+            self.log(name, 100.0 * metric.compute(), prog_bar=prog_bar, sync_dist=True)
+        metric.reset()

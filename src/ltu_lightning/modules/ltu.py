@@ -252,7 +252,9 @@ class LTUModule(UnlearningModule):
         with torch.no_grad():
             audit_forget = self.auditors.mean_member_prob(*outputs["forget"]).item()
             audit_val = self.auditors.mean_member_prob(*outputs["holdout_val"]).item()
-        self.log_dict({"val/audit_forget": audit_forget, "val/audit_val": audit_val})
+        self.log_dict(
+            {"val/audit_forget": audit_forget, "val/audit_val": audit_val}, sync_dist=True
+        )
         if (
             self.stop_rule == "audit"
             and not self.trainer.sanity_checking

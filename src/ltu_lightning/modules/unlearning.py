@@ -281,8 +281,9 @@ class UnlearningModule(BaseModule):
         start = self.start_criterion.item()
         if not math.isnan(start):
             metrics["val/criterion_start"] = start
-        self.log_dict(metrics)
-        self.log("val/criterion", criterion, prog_bar=True)
+        # computed from the outputs of every process (all_gather): equal on all ranks
+        self.log_dict(metrics, sync_dist=True)
+        self.log("val/criterion", criterion, prog_bar=True, sync_dist=True)
 
     def validation_metrics(
         self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -303,7 +304,7 @@ class UnlearningModule(BaseModule):
         criterion = selection_criterion(forget_acc, val_acc, original, auc, forget_target=target)
         return {
             "val/forget_acc": forget_acc,
-            "val/val_acc": val_acc,
+            "val/acc": val_acc,
             "val/loss_auc": auc,
             "val/criterion": criterion,
         }
@@ -319,4 +320,5 @@ class UnlearningModule(BaseModule):
             on_epoch=True,
             add_dataloader_idx=False,
             batch_size=len(y),
+            sync_dist=True,
         )

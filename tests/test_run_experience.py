@@ -1,0 +1,211 @@
+"""What a user sees when a run finishes: no known noise in a fit's or a benchmark's output, the
+two-sided forgetting verdict, the benchmark's table cells, notices and progress display."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+#: output a run must not print: each known warning is fixed or silenced (ltu_lightning.quiet)
+KNOWN_NOISE = (
+    "💡 Tip",
+    "litlogger",
+    "litmodels",
+    "configure_callbacks` will override",
+    "LeafSpec",
+    "smaller than the logging interval",
+    "v_num",
+    "sync_dist=True",
+    "all_gather_into_tensor",
+    "_all_gather_base",
+    "anonymous setting has no effect",
+    "git root",
+)
+
+
+def _ltu(args: list[str], cwd: Path) -> str:
+    """The ``ltu`` CLI in a fresh process, every Python warning shown; stdout and stderr."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "PYTHONWARNINGS": "default",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_CONFIG_DIR": str(cwd / ".wandb-home"),
+        "WANDB_CACHE_DIR": str(cwd / ".wandb-home"),
+        "WANDB_DATA_DIR": str(cwd / ".wandb-home"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ltu_lightning", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    return out
+
+
+def _noise(out: str) -> list[str]:
+    return [line for line in out.splitlines() if any(n in line for n in KNOWN_NOISE)]
+
+
+@pytest.mark.timeout(900)
+def test_a_fit_and_a_benchmark_print_none_of_the_known_warnings(tmp_path):
+    out = _ltu(
+        ["fit", "--config", CONFIGS / "pretrain" / "digits.yaml",
+         "--config", CONFIGS / "logger" / "wandb.yaml",
+         "--trainer.max_epochs", "1", "--trainer.default_root_dir", tmp_path / "fit"],
+        tmp_path,
+    )  # fmt: skip
+    assert "Trainer.fit` stopped" in out  # the run happened and printed
+    assert _noise(out) == []
+    bench = {
+        "name": "digits",
+        "original": str(CONFIGS / "pretrain" / "digits.yaml"),
+        "retrain": str(CONFIGS / "retrain" / "digits.yaml"),
+        "seeds": [0],
+        "out": str(tmp_path / "bench"),
+        "methods": [{"key": "ltu:partial", "config": str(CONFIGS / "unlearn" / "ltu_digits.yaml"),
+                     "overrides": ["--model.init_args.num_auditors", "1",
+                                   "--trainer.max_epochs", "2"]}],
+        "overrides": ["--trainer.max_epochs", "1"],
+    }  # fmt: skip
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(bench))
+    out = _ltu(["benchmark", "--config", tmp_path / "bench.yaml", "--wandb"], tmp_path)
+    assert "| ltu | partial |" in out
+    assert _noise(out) == []
+    # W&B's console output (~30 lines per stage) stays out of the benchmark's
+    assert [line for line in out.splitlines() if line.startswith("wandb:")] == []
+    # a row's own overrides win over --overrides, and the benchmark says so
+    assert (
+        "notice: ltu:partial sets its own --trainer.max_epochs 2, which wins over "
+        "--overrides --trainer.max_epochs 1" in out
+    )
+    # one seed: no "±" anywhere in the table; the wall time says what it measures
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 5 and not any("±" in line for line in table)
+    assert "wall time" in out and "the whole ltu benchmark process" in out
+
+
+# ------------------------------------------------------------------ the two-sided verdict
+def _scores(attack: float, raw: float | None, z: float) -> dict[str, float]:
+    scores = {"loss_auc": attack, "correct_gap_z": z, "detect_threshold": 0.55,
+              "UA": 10.0, "TA": 88.0, "MIA": 12.0}  # fmt: skip
+    return scores if raw is None else {**scores, "loss_auc_raw": raw}
+
+
+@pytest.mark.parametrize(
+    "attack, raw, z, expected",
+    [
+        (0.50, 0.50, 0.0, "forgotten"),
+        (0.54, 0.54, 1.9, "forgotten"),
+        (0.52, 0.46, -1.9, "forgotten"),
+        (0.56, 0.53, 0.0, "still detectable"),  # the trained attack, D_f on the familiar side
+        (0.50, 0.56, 0.0, "still detectable"),
+        (0.50, 0.50, 2.5, "still detectable"),
+        (0.56, 0.47, 0.0, "over-forgotten"),  # the trained attack, D_f on the unfamiliar side
+        (0.50, 0.44, 0.0, "over-forgotten"),
+        (0.50, 0.50, -2.5, "over-forgotten"),
+        (0.50, 0.44, 2.5, "still detectable"),  # remembered by one attack: not forgotten
+        (0.45, None, 0.0, "forgotten"),  # metrics without loss_auc_raw read loss_auc both ways
+        (0.44, None, 0.0, "over-forgotten"),
+    ],
+)
+def test_the_verdict_is_two_sided(attack, raw, z, expected):
+    from ltu_lightning.evaluation.protocol import forgetting_verdict, verdict
+
+    metrics = _scores(attack, raw, z)
+    assert forgetting_verdict(metrics) == expected
+    assert verdict(metrics).startswith(f"verdict: {expected}: ")
+
+
+def test_the_verdict_of_constructed_score_sets(tmp_path):
+    """Loss scores built so that D_f looks less familiar than test data (higher losses): the
+    metrics pipeline itself reports over-forgetting, and the benchmark table shows it."""
+    import numpy as np
+
+    from ltu_lightning.evaluation.metrics import unlearning_metrics
+    from ltu_lightning.evaluation.protocol import detection_metrics, forgetting_verdict
+
+    rng = np.random.default_rng(0)
+
+    def outputs(loss_mean: float, correct: float, n: int) -> dict[str, np.ndarray]:
+        loss = rng.gamma(2.0, loss_mean / 2.0, n)
+        conf = np.exp(-loss)
+        return {"loss": loss, "confidence": conf, "entropy": 1.0 - conf,
+                "correct": rng.random(n) < correct}  # fmt: skip
+
+    test = outputs(0.5, 0.9, 400)
+    remaining = outputs(0.2, 0.95, 800)
+    verdicts = {}
+    for name, forget in {
+        "over": outputs(0.9, 0.9, 200),  # D_f: higher losses than unseen data
+        "kept": outputs(0.1, 0.99, 200),  # D_f: lower losses (still remembered)
+        "gone": outputs(0.5, 0.9, 200),  # D_f: like unseen data
+    }.items():
+        metrics = unlearning_metrics(forget, remaining, test, seed=0)
+        metrics.update(detection_metrics(forget, test))
+        verdicts[name] = forgetting_verdict(metrics)
+    assert verdicts == {"over": "over-forgotten", "kept": "still detectable", "gone": "forgotten"}
+
+
+def test_the_table_shows_the_verdicts_and_drops_the_spread_of_one_seed():
+    from ltu_lightning.benchmark.report import _fmt, detectable_cell, markdown_table
+
+    stat = {"mean": 1.5, "std": 0.0}
+    assert _fmt(stat, 2, seeds=1) == "1.50"
+    assert _fmt({"mean": 1.5, "std": 0.25}, 2, seeds=3) == "1.50 ± 0.25"
+    one = {"forgotten": 0, "still detectable": 0, "over-forgotten": 1}
+    assert detectable_cell({"verdicts": one}) == "over-forgotten"
+    three = {"forgotten": 2, "still detectable": 0, "over-forgotten": 1}
+    assert detectable_cell({"verdicts": three}) == "2× forgotten, 1× over-forgotten"
+    entry = {m: stat for m in ("UA", "RA", "TA", "MIA", "loss_auc", "avg_gap", "time_s", "rte")}
+    summary = {"seeds": [0], "methods": {"ga:partial": {**entry, "access": "partial",
+               "collapsed": 0, "verdicts": one}}}  # fmt: skip
+    table = markdown_table(summary)
+    assert table.splitlines()[0].endswith("| detectable |")
+    assert table.splitlines()[2].endswith("| over-forgotten |") and "±" not in table
+
+
+def test_override_notices_name_the_row_and_both_values():
+    from ltu_lightning.benchmark.progress import flag_values, override_notices
+
+    assert flag_values(["--a", "1", "--b=2", "--c", "--d", "x"]) == {
+        "--a": "1", "--b": "2", "--c": "", "--d": "x"
+    }  # fmt: skip
+    rows = {
+        "ft:full": ["--trainer.max_epochs", "10", "--data.init_args.access", "full"],
+        "ft:partial": ["--trainer.max_epochs", "1"],  # the same value: nothing to say
+        "ga:partial": [],
+    }
+    notices = override_notices(["--trainer.max_epochs", "1"], rows)
+    assert len(notices) == 1
+    assert "ft:full sets its own --trainer.max_epochs 10" in notices[0]
+    assert "--overrides --trainer.max_epochs 1" in notices[0]
+
+
+def test_the_progress_display_shows_stage_seed_and_eta():
+    from rich.console import Console
+
+    from ltu_lightning.benchmark.progress import BenchmarkProgress
+
+    console = Console(record=True, width=120, force_terminal=True)
+    with BenchmarkProgress(4, console=console) as display:
+        display.started(0, "original", "training")
+        display.finished(0, "original")
+        display.started(0, "ltu:partial", "unlearning")
+        display.progress.refresh()
+        text = console.export_text(clear=False)
+        assert "seed 0 · ltu:partial: unlearning" in text
+        assert "1/4" in text and "ETA" in text

@@ -58,7 +58,14 @@ def _items(records: list, kind: str, field: str) -> list[tuple[str, object]]:
 
 
 def run_config(records: list) -> dict:
-    return dict(_items(records, "config", "update"))
+    """The run config: what ``wandb.init(config=...)`` set (in the run record), then updates."""
+    init = [
+        (item.key or "/".join(item.nested_key), json.loads(item.value_json))
+        for r in records
+        if r.WhichOneof("record_type") == "run"
+        for item in r.run.config.update
+    ]
+    return dict(init + _items(records, "config", "update"))
 
 
 def run_summary(records: list) -> dict:
@@ -158,6 +165,12 @@ def test_run_config_is_the_resolved_cli_config(pretrain):
     saved = yaml.safe_load((pretrain / "config.yaml").read_text())
     for key in ("model", "data", "trainer", "seed_everything"):
         assert config[key] == saved[key], key
+    # nested only: Lightning's autolog would add the module's hparams again as flat keys
+    assert set(config) - {"_wandb"} <= set(saved) and "num_classes" not in config
+    # the mode WANDB_MODE decided is the one recorded (the YAML's offline flag is overridden)
+    assert config["trainer"]["logger"]["init_args"]["offline"] is True
+    # the config.yaml file itself travels with the run (wandb's files/config.yaml is its own)
+    assert yaml.safe_load((run / "files" / "cli" / "config.yaml").read_text()) == saved
     assert config["model"]["class_path"].split(".")[-1] == "ClassifierModule"
     assert config["model"]["init_args"]["backbone"]["init_args"]["hidden"] == [256, 256]
     assert config["seed_everything"] == 0
@@ -201,6 +214,45 @@ def test_ltu_unlearning_run_summary_and_gradients(pretrain, wandb_offline, run_l
     for key in ("val/forget_acc", "val/acc", "val/loss_auc"):
         assert summary[f"selected/{key}"] == pytest.approx(run_history(records, key)[best]), key
     assert any(k.startswith("gradients/net.") for k in summary)
+
+
+def test_evaluate_logs_its_metrics_to_the_configured_logger(
+    pretrain, wandb_offline, run_ltu, capsys
+):
+    root = wandb_offline / "evaluated"
+    run_ltu(
+        ["evaluate", "--config", DIGITS, "--config", WANDB_YAML, "--trainer.default_root_dir", root,
+         "--data.init_args.manifest_path", pretrain.parent / "digits" / "split_manifest.json",
+         "--ckpt_path", pretrain / "checkpoints" / "last.ckpt"]
+    )  # fmt: skip
+    close_wandb()
+    printed = capsys.readouterr().out
+    (run,) = offline_runs(root)
+    records = wandb_records(run)
+    summary = run_summary(records)
+    ta = float(
+        next(ln for ln in printed.splitlines() if ln.strip().startswith("TA:")).split(":")[1]
+    )
+    assert summary["eval/TA"] == pytest.approx(ta, abs=1e-4)
+    assert f"verdict: {summary['eval/verdict']}: " in printed
+    assert run_config(records)["model"]["class_path"].split(".")[-1] == "ClassifierModule"
+
+
+def test_log_model_uploads_checkpoints_as_artifacts(wandb_offline, run_ltu):
+    """With WANDB_MODE set (offline here), ``log_model`` keeps every saved checkpoint as a
+    ``model`` artifact of the run (stored in the record log until synced)."""
+    root = wandb_offline / "logged"
+    run_ltu(
+        ["fit", "--config", DIGITS, "--config", WANDB_YAML, "--trainer.default_root_dir", root,
+         "--trainer.max_epochs", "1", "--trainer.logger.init_args.log_model", "true", *QUIET]
+    )  # fmt: skip
+    close_wandb()
+    (run,) = offline_runs(root)
+    artifacts = [
+        r.artifact for r in wandb_records(run) if r.WhichOneof("record_type") == "artifact"
+    ]
+    assert artifacts and {a.type for a in artifacts} == {"model"}
+    assert {m.path for a in artifacts for m in a.manifest.contents} == {"model.ckpt"}
 
 
 @pytest.mark.parametrize("logger", ["default", "CSVLogger"])
@@ -324,11 +376,20 @@ def test_benchmark_logs_grouped_stage_runs_and_a_report(wandb_offline, run_ltu, 
         metrics = json.loads((out / "seed_0" / folder / "metrics.json").read_text())["metrics"]
         for key in ("UA", "RA", "TA", "MIA", "loss_auc"):
             assert summary[f"eval/{key}"] == pytest.approx(metrics[key]), (folder, key)
+        # one unit for accuracy: the validation accuracy a stage logs and the test accuracy of
+        # its evaluation are both percentages (digits: both near 90)
+        assert abs(summary["selected/val/acc"] - summary["eval/TA"]) < 25, folder
+        assert 10 < run_history(records, "val/acc")[-1] <= 100, folder
     results = json.loads((out / "results.json").read_text())["methods"]
     assert summary["eval/avg_gap"] == pytest.approx(results["ltu:partial"]["avg_gap"]["mean"])
     (report,) = offline_runs(out)
     info = run_info(wandb_records(report))
     assert info.job_type == "report" and {info.run_group} == groups
+    config = run_config(wandb_records(report))
+    for key in ("name", "original", "retrain", "methods", "overrides", "seeds"):
+        assert config[key] == bench[key], key
+    charts = {k.rsplit("/", 1)[-1] for k in config if k.startswith("_wandb/visualize/charts/")}
+    assert charts == {"avg_gap", "UA", "RA", "TA", "MIA", "avg_gap_vs_time"}
     assert info.run_group.startswith("digits-")
     (table,) = (report / "files" / "media" / "table").glob("results_*.table.json")
     table = json.loads(table.read_text())

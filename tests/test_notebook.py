@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -52,5 +53,11 @@ def test_quickstart_runs_and_prints_the_metric_table(tmp_path, monkeypatch):
     assert table["Retrain"]["Avg.Gap"] == 0.0  # the gold standard's distance to itself
     assert all(0.0 <= row[k] <= 100.0 for row in table.values() for k in ("UA", "RA", "TA"))
     assert any("image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", []))
+    # the two-sided verdict of every model, and the sentence behind the LTU one
+    verdicts = re.findall(
+        r"^\s*(Original|Retrain|LTU): (forgotten|still detectable|over-forgotten)$", text, re.M
+    )
+    assert [name for name, _ in verdicts] == ["Original", "Retrain", "LTU"]
+    assert re.search(r"^verdict: (forgotten|still detectable|over-forgotten): ", text, re.M)
     for stage in ("original", "retrain", "ltu"):
         assert (tmp_path / "runs" / "quickstart" / stage / "checkpoints" / "last.ckpt").is_file()

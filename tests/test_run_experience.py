@@ -209,3 +209,54 @@ def test_the_progress_display_shows_stage_seed_and_eta():
         text = console.export_text(clear=False)
         assert "seed 0 · ltu:partial: unlearning" in text
         assert "1/4" in text and "ETA" in text
+
+
+# ----------------------------------------------------------------- the lightning command
+@pytest.mark.timeout(300)
+def test_the_installed_lightning_command_is_the_ltu_cli(tmp_path):
+    """Installed from this tree (into a temp folder, the shared environment untouched), the
+    ``lightning`` script runs ``fit --help`` with the project's modules registered."""
+    import shutil
+
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["lightning"] == "ltu_lightning.cli:lightning_main"
+    tree = tmp_path / "tree"
+    shutil.copytree(
+        REPO / "src", tree / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    target = tmp_path / "installed"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", target, tree],
+        check=True, capture_output=True, timeout=240,
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [target / "bin" / "lightning", "fit", "--help"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: lightning [options] fit")
+    # subclass mode: the project's modules and data module are known by their short names
+    for name in ("ClassifierModule", "LTUModule", "UnlearningDataModule"):
+        assert name in done.stdout, name
+
+
+def test_the_lightning_command_refuses_when_another_package_provides_one(monkeypatch, capsys):
+    from importlib import metadata
+
+    from ltu_lightning import cli
+
+    other = metadata.EntryPoint("lightning", "other_pkg.cli:main", "console_scripts")
+    monkeypatch.setattr(metadata, "entry_points", lambda **kw: [other])
+    assert cli.other_lightning_commands() == ["other_pkg.cli:main"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.lightning_main(["fit", "--help"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the lightning command is also provided by other_pkg.cli:main")
+    assert "ltu fit --config" in err

@@ -1,4 +1,5 @@
-"""The ``ltu`` command: LightningCLI in subclass mode, plus ``evaluate`` and ``benchmark``.
+"""The ``ltu`` command (also installed as ``lightning``): LightningCLI in subclass mode, plus
+``evaluate`` and ``benchmark``.
 
 ``ltu fit|validate|test|predict --config X.yaml`` are LightningCLI's own subcommands, so every
 LightningCLI flag works (``--print_config``, ``--model.help ClassifierModule``, ``--trainer.*``).
@@ -185,6 +186,38 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+#: the distribution whose ``lightning`` console script :func:`lightning_main` is
+DISTRIBUTION = "ltu-lightning"
+
+
+def other_lightning_commands() -> list[str]:
+    """Installed distributions other than this one that declare a ``lightning`` command."""
+    from importlib.metadata import entry_points
+
+    return sorted(
+        {
+            ep.dist.name if ep.dist is not None else ep.value
+            for ep in entry_points(group="console_scripts", name="lightning")
+            if ep.dist is None or ep.dist.name.lower().replace("_", "-") != DISTRIBUTION
+        }
+    )
+
+
+def lightning_main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lightning`` console script: the same CLI as ``ltu``
+    (``lightning fit --config ...``), unless another installed distribution declares a
+    ``lightning`` command too: then it refuses, so that neither silently replaces the other."""
+    others = other_lightning_commands()
+    if others:
+        print(
+            f"error: the lightning command is also provided by {', '.join(others)}; "
+            "run this project's CLI as ltu (e.g. ltu fit --config ...) instead",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    main(argv)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,9 @@ def method_styles(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Colour per method (``ltu`` in ``ltu:partial`` and ``ltu:full`` alike), marker per access."""
     import matplotlib
 
-    palette = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
+    tab10 = matplotlib.colormaps["tab10"].colors
+    # tab10's grey (index 7) is left to the original model
+    palette = tab10[:7] + tab10[8:] + matplotlib.colormaps["Dark2"].colors
     names: list[str] = []
     styles = {}
     for key, entry in summary["methods"].items():

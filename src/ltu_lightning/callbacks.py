@@ -21,14 +21,21 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     config.yaml file itself (``files/cli/config.yaml``; wandb's own ``files/config.yaml`` is
     the run config), so ``ltu fit --config`` of the downloaded file repeats the run."""
 
+    saved: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # on every process: ``trainer.log_dir`` broadcasts, save_config runs on rank 0 only
+        if self.save_to_log_dir and wandb_loggers(trainer.loggers):
+            self.saved = Path(trainer.log_dir) / self.config_filename
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
-        if self.save_to_log_dir and trainer.log_dir is not None:
-            saved = Path(trainer.log_dir) / self.config_filename
+        if self.saved is not None:
             for logger in wandb_loggers(trainer.loggers):
-                save_file_with_run(logger.experiment, saved, "cli")
+                save_file_with_run(logger.experiment, self.saved, "cli")
 
 
 class SelectionSummary(L.Callback):

@@ -10,8 +10,9 @@ to act. What is silenced here carries no information for a user of this project:
   default one, by design. Any other replaced callback type is still reported.
 - torch's ``FutureWarning`` "``isinstance(treespec, LeafSpec)`` is deprecated" is raised inside
   ``lightning/pytorch/utilities/_pytree.py``; no project code uses ``LeafSpec``.
-- torch's ``FutureWarning`` on ``all_gather_into_tensor``/``_all_gather_base`` comes from the
-  collectives Lightning and torchmetrics call under DDP, not from project code.
+- torch's ``FutureWarning`` "``torch.distributed.nn.functional.all_gather`` is deprecated" comes
+  from Lightning's own ``LightningModule.all_gather`` under DDP (which the unlearning modules use
+  to validate on every process's outputs), not from a torch call of the project.
 - The progress bar's ``v_num`` (the logger's version: ``0.000`` for TensorBoard's ``version_0``,
   the last characters of a W&B run id) names the run folder the user already chose.
 - Lightning's ``WandbLogger`` always hands ``anonymous`` to ``wandb.init`` (as ``None`` when not
@@ -35,8 +36,7 @@ from typing import Any
 #: (message regex, category) of the Python warnings silenced; reasons in the module docstring
 SILENCED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
-    (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning),
-    (r"`torch\.distributed\._all_gather_base` is a private function", FutureWarning),
+    (r"torch\.distributed\.nn\.functional\.all_gather is deprecated", FutureWarning),
 )
 #: starts of the Lightning info lines silenced (logger ``lightning.pytorch.utilities.rank_zero``)
 SILENCED_LOG_LINES: tuple[str, ...] = (

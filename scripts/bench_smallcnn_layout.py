@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ltu_lightning.models import SmallCNN
+from ltu_lightning.networks import SmallCNN
 
 
 class ContiguousSmallCNN(SmallCNN):

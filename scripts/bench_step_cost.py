@@ -45,8 +45,8 @@ from lightning.fabric.plugins.environments.lightning import find_free_network_po
 from torch import Tensor, nn
 
 from ltu_lightning.errors import NonFiniteStepError
-from ltu_lightning.models import CifarResNet18, SmallCNN
 from ltu_lightning.modules.unlearning import UnlearningModule
+from ltu_lightning.networks import CifarResNet18, SmallCNN
 from ltu_lightning.optim import MetaHarmonizer
 
 #: name -> (model factory, input shape)

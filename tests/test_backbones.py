@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltu_lightning.models import SmallCNN
+from ltu_lightning.networks import SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,7 +20,6 @@ from ltu_lightning.audit.forget_losses import RandomLabelLoss
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.protocol import evaluate_unlearning
-from ltu_lightning.models import MLP
 from ltu_lightning.modules import ClassifierModule, LTUModule
 from ltu_lightning.modules.baselines import (
     SCRUB,
@@ -32,6 +31,7 @@ from ltu_lightning.modules.baselines import (
     SalUn,
 )
 from ltu_lightning.modules.ltu import HoldoutDistillation
+from ltu_lightning.networks import MLP
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASELINES = (FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB)

@@ -39,10 +39,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.errors import LTUError
-from ltu_lightning.models import MLP
 from ltu_lightning.modules import ClassifierModule, LTUModule
 from ltu_lightning.modules.baselines import SCRUB, SalUn
 from ltu_lightning.modules.strategy import SUPPORTED, check_strategy
+from ltu_lightning.networks import MLP
 from spawned import run_spawned
 
 WORLD = 2

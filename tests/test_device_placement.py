@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import torch
 
-from ltu_lightning.models import SmallCNN
 from ltu_lightning.modules import ClassifierModule
+from ltu_lightning.networks import SmallCNN
 
 
 def test_backbone_check_uses_the_weights_device(monkeypatch) -> None:

@@ -38,15 +38,15 @@ from ltu_lightning.data.splits import (
     write_json_atomic,
 )
 from ltu_lightning.errors import LTUError, NonFiniteStepError
-from ltu_lightning.models import MLP
 from ltu_lightning.modules.base import OVERWRITE_ARGS
 from ltu_lightning.modules.checkpoints import load_checkpoint
 from ltu_lightning.modules.unlearning import HELPER_STATE_KEY, UnlearningModule
+from ltu_lightning.networks import MLP
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-BACKBONE = {"class_path": "ltu_lightning.models.MLP", "init_args": {"num_classes": 10, "in_features": 64, "hidden": [256, 256]}}  # fmt: skip
+BACKBONE = {"class_path": "ltu_lightning.networks.MLP", "init_args": {"num_classes": 10, "in_features": 64, "hidden": [256, 256]}}  # fmt: skip
 
 
 #: one torch thread per test module (conftest.one_thread)

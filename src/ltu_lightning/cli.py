@@ -21,8 +21,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 import ltu_lightning.data  # noqa: F401
-import ltu_lightning.models  # noqa: F401
 import ltu_lightning.modules  # noqa: F401  (registers the modules for short class names)
+import ltu_lightning.networks  # noqa: F401
 from ltu_lightning import quiet
 from ltu_lightning.callbacks import LoggerSaveConfigCallback, SelectionSummary
 from ltu_lightning.errors import LTUError

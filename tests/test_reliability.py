@@ -30,18 +30,13 @@ from hypothesis import strategies as st
 from conftest import LTURunError, _run_ltu
 from ltu_lightning.benchmark.runner import fit_stage, run_stage
 from ltu_lightning.data import UnlearningDataModule
-from ltu_lightning.data.splits import (
-    SplitSpec,
-    atomic_path,
-    make_split,
-    read_index_file,
-    write_json_atomic,
-)
+from ltu_lightning.data.splits import SplitSpec, make_split, read_index_file
 from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.modules.base import OVERWRITE_ARGS
 from ltu_lightning.modules.checkpoints import load_checkpoint
 from ltu_lightning.modules.unlearning import HELPER_STATE_KEY, UnlearningModule
 from ltu_lightning.networks import MLP
+from ltu_lightning.utils.files import atomic_path, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

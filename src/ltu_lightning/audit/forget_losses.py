@@ -14,7 +14,6 @@ owns them (and its checkpoint), not to the loss.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from ltu_lightning.audit.auditors import AuditorEnsemble
 from ltu_lightning.errors import LTUError
+from ltu_lightning.utils.generators import OwnGenerator
 
 FORGET_LOSSES: tuple[str, ...] = ("mi", "mi_hinge", "neg_ce", "random_label", "uniform_kl")
 
@@ -73,55 +73,6 @@ class NegCELoss:
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
         return -F.cross_entropy(logits.float(), targets)
-
-
-def _world_and_rank() -> tuple[int, int]:
-    """(world size, rank) of the default process group; (1, 0) without one."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-class OwnGenerator:
-    """Mixin for helpers that draw from their own CPU ``torch.Generator`` (``self.generator``,
-    seeded in ``__init__``) rather than the global RNG:
-
-    - ``state_dict``/``load_state_dict`` hold the generator's state, so a resumed run draws what
-      an uninterrupted one would (``UnlearningModule`` checkpoints such helpers);
-    - pickled as the plain bytes of that state: a generator sent to another process by torch's
-      multiprocessing (as ``ddp_spawn`` sends the module) fails to rebuild there ("unable to
-      resize file ... Invalid argument");
-    - ``randint_share`` draws for the global batch of W ranks and keeps this rank's share,
-      positions ``rank, rank + W, …``: the interleaving in which ``DistributedSampler`` deals a
-      permutation to the ranks, so N ranks draw what one process would for the global batch.
-    """
-
-    generator: torch.Generator
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["generator"] = self.generator.get_state().numpy().tobytes()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        raw = state.pop("generator")
-        self.__dict__.update(state)
-        self.generator = torch.Generator()
-        self.generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-
-    def randint_share(self, low: int, high: int, shape: tuple[int, ...]) -> Tensor:
-        """This rank's ``shape``-sized share of one draw for the global batch (advances the
-        generator by the global draw on every rank, keeping them in step)."""
-        world, rank = _world_and_rank()
-        draw = torch.randint(low, high, (shape[0] * world, *shape[1:]), generator=self.generator)
-        return draw[rank::world]
 
 
 class RandomLabelLoss(OwnGenerator):

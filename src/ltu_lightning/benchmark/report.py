@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, StageResult
-from ltu_lightning.data.splits import atomic_path, write_json_atomic
 from ltu_lightning.evaluation.metrics import avg_gap, relative_time_efficiency, summarize
 from ltu_lightning.evaluation.protocol import VERDICTS, forgetting_verdict
+from ltu_lightning.utils.files import atomic_path, write_json_atomic
 
 METRICS = ("UA", "RA", "TA", "MIA", "MIA_entropy", "loss_auc", "avg_gap", "time_s", "rte")
 COLLAPSE_TA = 50.0  # a seed whose test accuracy falls below this counts as collapsed

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from ltu_lightning.benchmark.progress import StageEvents
-from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.evaluation.cli import evaluate_checkpoint
 from ltu_lightning.evaluation.metrics import avg_gap
 from ltu_lightning.modules.base import OVERWRITE_ARGS, monitored_best_score
 from ltu_lightning.tracking import finish_wandb_stage, wandb_stage_args
+from ltu_lightning.utils.files import write_json_atomic
 
 REFERENCE_STAGES = ("original", "retrain")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ltu_lightning.benchmark.runner import Benchmark, _cached, fit_stage, run_stage
-from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError
+from ltu_lightning.utils.files import write_json_atomic
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
-from ltu_lightning.data.splits import write_json_atomic
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.metrics import avg_gap
 from ltu_lightning.evaluation.protocol import evaluate_unlearning, forgetting_verdict, verdict
 from ltu_lightning.modules.checkpoints import load_backbone_weights
 from ltu_lightning.tracking import update_wandb_summary
+from ltu_lightning.utils.files import write_json_atomic
 
 
 def evaluate_checkpoint(

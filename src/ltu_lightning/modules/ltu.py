@@ -19,11 +19,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from ltu_lightning.audit import AuditorEnsemble, make_forget_loss
-from ltu_lightning.audit.forget_losses import OwnGenerator
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.strategy import check_strategy
 from ltu_lightning.modules.unlearning import STOP_RULES, Batch, UnlearningModule, distill_kl
 from ltu_lightning.optim import MetaHarmonizer
+from ltu_lightning.utils.generators import OwnGenerator
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -38,7 +38,7 @@ class HoldoutDistillation(OwnGenerator):
     keeps the original's function on data the model never trained on.
 
     The inputs are gathered once at fit start. Indices come from the helper's own generator
-    (:class:`~ltu_lightning.audit.forget_losses.OwnGenerator`: checkpointed, and under data
+    (:class:`~ltu_lightning.utils.generators.OwnGenerator`: checkpointed, and under data
     parallelism each rank keeps its share of one global draw, so N ranks see what one process
     would).
     """

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ltu_lightning.errors import LTUError
+from ltu_lightning.utils.grads import flat_dot, pair_stats
 
 MODES = ("symmetric", "protect_remember", "none")
 GRANULARITIES = ("global", "per_parameter")
@@ -53,27 +54,20 @@ def _as_lists(g_r: Grad, g_f: Grad) -> tuple[list[Tensor], list[Tensor], bool]:
     return r, f, single
 
 
-def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """Inner product of two gradients given as lists (the concatenated vectors)."""
-    return torch.stack(
-        [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
-    ).sum()
-
-
 def _project_lists(
     g_r: list[Tensor], g_f: list[Tensor], mode: str, eps: float
 ) -> tuple[list[Tensor], list[Tensor]]:
     """PCGrad on the concatenation of the lists, both parts from the original vectors."""
     if mode == "none":
         return g_r, g_f
-    dot = _dot(g_r, g_f)
+    dot = flat_dot(g_r, g_f)
     conflict = dot < 0
     zero = torch.zeros_like(dot)
-    coef_f = torch.where(conflict, dot / _dot(g_r, g_r).clamp_min(eps), zero)
+    coef_f = torch.where(conflict, dot / flat_dot(g_r, g_r).clamp_min(eps), zero)
     new_f = [f - coef_f * r for r, f in zip(g_r, g_f, strict=True)]
     if mode == "protect_remember":
         return g_r, new_f
-    coef_r = torch.where(conflict, dot / _dot(g_f, g_f).clamp_min(eps), zero)
+    coef_r = torch.where(conflict, dot / flat_dot(g_f, g_f).clamp_min(eps), zero)
     return [r - coef_r * f for r, f in zip(g_r, g_f, strict=True)], new_f
 
 
@@ -131,23 +125,14 @@ def balance_clip(g_r: Grad, g_f: Grad, c: float, eps: float = 1e-12) -> Grad:
     if not c > 0:
         raise LTUError(f"balance_c must be > 0; got {c!r}")
     r, f, single = _as_lists(g_r, g_f)
-    norm_r, norm_f = _dot(r, r).sqrt(), _dot(f, f).sqrt()
+    norm_r, norm_f = flat_dot(r, r).sqrt(), flat_dot(f, f).sqrt()
     scale = (c * norm_r / norm_f.clamp_min(eps)).clamp(max=1.0)
     out = [x * scale for x in f]
     return out[0] if single else out
 
 
-def _stats_tensor(g_r: Sequence[Tensor], g_f: Sequence[Tensor]) -> Tensor:
-    """``[cos, conflict, norm_r, norm_f]`` as one tensor, so callers read it with one sync."""
-    dot = _dot(g_r, g_f)
-    norm_r, norm_f = _dot(g_r, g_r).sqrt(), _dot(g_f, g_f).sqrt()
-    denom = norm_r * norm_f
-    cos = dot / torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.stack([cos, (dot < 0).to(dot.dtype), norm_r, norm_f]).detach()
-
-
 def gradient_stats(g_r: Grad, g_f: Grad) -> dict[str, float]:
     """Cosine, conflict flag (1.0 if ``<g_r, g_f> < 0``) and norms; cos is 0 for a zero vector."""
     r, f, _ = _as_lists(g_r, g_f)
-    cos, conflict, norm_r, norm_f = _stats_tensor(r, f).tolist()
+    cos, conflict, norm_r, norm_f = pair_stats(r, f).tolist()
     return {"cos": cos, "conflict": conflict, "norm_r": norm_r, "norm_f": norm_f}

@@ -22,12 +22,11 @@ from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.optim.harmonize import (
     GRANULARITIES,
     MODES,
-    _dot,
-    _stats_tensor,
     balance_clip,
     check_choice,
     harmonize,
 )
+from ltu_lightning.utils.grads import flat_dot, pair_stats
 
 Forward = Callable[[Any], Tensor]
 """``forward(x) -> logits``: the model run with one given set of weights."""
@@ -234,13 +233,13 @@ class MetaHarmonizer:
                 g_r, g_f = _grads(l_r, params), _grads(self.forget_weight * l_f, params)
                 losses = [l_r, l_f]
         g_r, g_f = _all_reduce_mean(g_r, world), _all_reduce_mean(g_f, world)
-        stats = _stats_tensor(g_r, g_f)
+        stats = pair_stats(g_r, g_f)
         update = self._harmonize(g_r, g_f)
         values = torch.cat(
             [
                 torch.stack([loss.detach().to(stats.dtype) for loss in losses]),
                 stats,
-                _dot(update, update).sqrt().detach().reshape(1),
+                flat_dot(update, update).sqrt().detach().reshape(1),
             ]
         )
         keys = ["loss_r_support", "loss_f_support"]

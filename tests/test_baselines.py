@@ -23,6 +23,8 @@ from ltu_lightning.evaluation.protocol import evaluate_unlearning
 from ltu_lightning.modules import ClassifierModule, LTUModule
 from ltu_lightning.modules.baselines import (
     SCRUB,
+    BadTeacher,
+    BaselineModule,
     FineTune,
     GradientAscent,
     L1Sparse,
@@ -34,8 +36,8 @@ from ltu_lightning.modules.ltu import HoldoutDistillation
 from ltu_lightning.networks import MLP
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BASELINES = (FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB)
-CONFIG_NAMES = ("ft", "ga", "rl", "neggrad_plus", "l1_sparse", "salun", "scrub")
+BASELINES = (FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB, BadTeacher)
+CONFIG_NAMES = ("ft", "ga", "rl", "neggrad_plus", "l1_sparse", "salun", "scrub", "bad_teacher")
 HIDDEN = [64]
 #: one epoch of two tiny batches, quiet: what every config run through the CLI here adds
 TINY = [
@@ -191,15 +193,41 @@ def test_a_fit_that_never_beats_the_starting_model_warns(original):
     assert trainer.checkpoint_callback.best_model_score.item() >= model.start_criterion.item()
 
 
+def _own_arguments(cls: type) -> set[str]:
+    """The named arguments of the ``__init__`` a class defines itself (none if it has none)."""
+    init = cls.__dict__.get("__init__")
+    if init is None:
+        return set()
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {
+        p.name for p in inspect.signature(init).parameters.values() if p.kind not in variadic
+    } - {"self"}
+
+
+def _constructor_arguments(cls: type) -> set[str]:
+    """Every named argument a constructor accepts, through ``**kwargs`` up its bases."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        names |= _own_arguments(klass)
+        init = klass.__dict__.get("__init__")
+        params = inspect.signature(init).parameters.values() if init is not None else ()
+        if init is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 @pytest.mark.parametrize("cls", BASELINES, ids=lambda c: c.__name__)
 def test_hyperparameters_record_every_argument(cls):
-    expected = set(inspect.signature(cls.__init__).parameters) - {
-        "self",
-        "backbone",
-        "optimizer",
-        "lr_scheduler",
-    }
+    expected = _constructor_arguments(cls) - {"backbone", "optimizer", "lr_scheduler"}
     assert set(cls(_backbone()).hparams) == expected
+
+
+@pytest.mark.parametrize("cls", BASELINES, ids=lambda c: c.__name__)
+def test_each_constructor_states_only_its_own_arguments(cls):
+    """No copied signatures: a baseline's ``__init__`` names no argument of its bases."""
+    for klass in cls.__mro__[: cls.__mro__.index(BaselineModule)]:
+        inherited = set().union(*(_own_arguments(b) for b in klass.__mro__[1:]))
+        assert not _own_arguments(klass) & inherited, klass.__name__
 
 
 def test_num_classes_must_match_the_data(original):
@@ -227,6 +255,7 @@ def test_finetune_with_full_access_draws_retain_batches_from_the_remaining_set(o
         (SalUn, {"sparsity": 1.5}),
         (SCRUB, {"temperature": 0.0}),
         (SCRUB, {"max_steps": -1}),
+        (BadTeacher, {"temperature": 0.0}),
         (FineTune, {"num_classes": 1}),
         (FineTune, {"stop_rule": "audit"}),
     ],
@@ -365,6 +394,47 @@ def test_scrub_distillation_kl_is_zero_for_identical_logits_and_positive_otherwi
     assert model.distill_kl(logits, torch.randn(6, 10)).item() > 0
 
 
+def test_bad_teacher_distils_the_incompetent_teacher_on_the_forget_set(original):
+    _, _, state = original
+    model, trainer, _, out = _fit(BadTeacher, original, "bad_teacher", lr=0.05, epochs=2)
+    competent, incompetent = model.teacher.state_dict(), model.incompetent.state_dict()
+    for k, v in state.items():
+        assert torch.equal(competent[k], v), k  # the competent teacher is the original
+        assert not torch.equal(incompetent[k], v), k  # the incompetent one is random
+    fresh = BadTeacher(_backbone()).incompetent.state_dict()
+    assert all(torch.equal(fresh[k], incompetent[k]) for k in fresh)  # seeded, not trained
+    for teacher in (model.teacher, model.incompetent):
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    optimized = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in model.backbone.parameters()}
+    forget_kl, retain_kl = (
+        _column(_metrics(out), f"train/{k}") for k in ("forget_kl", "retain_kl")
+    )
+    # the student starts as the original: retain KL 0, forget KL large; training moves D_f
+    assert retain_kl[0] == pytest.approx(0.0, abs=1e-6)
+    assert forget_kl[-1] < 0.8 * forget_kl[0]
+
+
+def test_bad_teacher_loss_is_the_joint_batch_mean_of_both_distillations():
+    torch.manual_seed(1)  # the student's initial weights differ from the incompetent teacher's
+    model = BadTeacher(_backbone(), temperature=2.0)
+    model.teacher.load_state_dict(model.backbone.state_dict())
+    forget = (torch.randn(3, 64), torch.randint(0, 10, (3,)))
+    retain = (torch.randn(5, 64), torch.randint(0, 10, (5,)))
+    out = model.losses(forget, retain)
+    assert out["retain_kl"].item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        student, bad = (
+            F.log_softmax(model(forget[0]) / 2, 1),
+            F.log_softmax(model.incompetent(forget[0]) / 2, 1),
+        )
+    expected = 4.0 * F.kl_div(student, bad, reduction="batchmean", log_target=True).item()
+    assert out["forget_kl"].item() == pytest.approx(expected, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(
+        (3 * expected + 5 * out["retain_kl"].item()) / 8, rel=1e-5
+    )
+
+
 def test_ltu_remember_losses_use_the_frozen_original():
     """``ce`` keeps no teacher (old checkpoints load); ``kd`` is 0 while the model equals the
     original and positive once it moved; ``ce_kd`` is CE + KD."""
@@ -380,12 +450,12 @@ def test_ltu_remember_losses_use_the_frozen_original():
         assert not any(p.requires_grad for p in model.teacher.parameters())
         model.teacher.load_state_dict(model.backbone.state_dict())
     ce = F.cross_entropy(both.backbone(x), y).item()
-    assert kd.remember_loss(kd.backbone, (x, y)).item() == pytest.approx(0.0, abs=1e-6)
-    assert both.remember_loss(both.backbone, (x, y)).item() == pytest.approx(ce, rel=1e-5)
+    assert kd.remembering_loss(kd.backbone, (x, y)).item() == pytest.approx(0.0, abs=1e-6)
+    assert both.remembering_loss(both.backbone, (x, y)).item() == pytest.approx(ce, rel=1e-5)
     with torch.no_grad():
         for p in kd.backbone.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    assert kd.remember_loss(kd.backbone, (x, y)).item() > 0
+    assert kd.remembering_loss(kd.backbone, (x, y)).item() > 0
 
 
 def test_generator_helpers_pickle_and_continue_their_stream():
@@ -423,13 +493,13 @@ def test_ltu_holdout_distillation_adds_a_term_that_is_zero_at_the_original():
     model.teacher.load_state_dict(model.backbone.state_dict())
     model.holdout_distill.inputs = torch.randn(20, 64)
     ce = F.cross_entropy(model.backbone(x), y).item()
-    assert model.remember_loss(model.backbone, (x, y)).item() == pytest.approx(ce, rel=1e-5)
+    assert model.remembering_loss(model.backbone, (x, y)).item() == pytest.approx(ce, rel=1e-5)
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(0.1 * torch.randn_like(p))
     moved_ce = F.cross_entropy(model.backbone(x), y).item()
-    assert model.remember_loss(model.backbone, (x, y)).item() > moved_ce
-    with pytest.raises(LTUError, match="holdout_distill_weight=-1.0 must be >= 0"):
+    assert model.remembering_loss(model.backbone, (x, y)).item() > moved_ce
+    with pytest.raises(LTUError, match="holdout_distill_weight must be >= 0; got -1.0"):
         LTUModule(_backbone(), holdout_distill_weight=-1.0)
 
 
@@ -485,8 +555,11 @@ def test_ltu_refuses_a_checkpoint_saved_with_another_remember_loss():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"remember_loss": "mse"}, "unknown remember_loss 'mse'"),
-        ({"remember_loss": "kd", "distill_temperature": 0.0}, "distill_temperature=0.0"),
+        ({"remember_loss": "mse"}, "remember_loss must be one of 'ce', 'kd', 'ce_kd'; got 'mse'"),
+        (
+            {"remember_loss": "kd", "distill_temperature": 0.0},
+            "distill_temperature must be > 0; got 0.0",
+        ),
     ],
 )
 def test_ltu_refuses_bad_remember_settings(kwargs, message):

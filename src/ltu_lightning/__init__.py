@@ -6,7 +6,7 @@ The public API, for use in a user's own Lightning project:
   ``UnlearningData``, the protocol a user's own data module follows instead;
 - LightningModules: ``ClassifierModule`` (original model and retrain), ``LTUModule``, the
   baselines ``FineTune``, ``GradientAscent``, ``RandomLabel``, ``NegGradPlus``, ``L1Sparse``,
-  ``SalUn``, ``SCRUB``, and their base ``UnlearningModule``;
+  ``SalUn``, ``SCRUB``, ``BadTeacher``, and their base ``UnlearningModule``;
 - plain-torch LTU parts: ``MetaHarmonizer`` (one LTU step inside any ``training_step``),
   ``harmonize``, ``AuditorEnsemble`` and ``make_forget_loss``;
 - ``evaluate_unlearning`` (the protocol's metrics), ``LTUError``, ``__version__``.
@@ -29,6 +29,7 @@ except PackageNotFoundError:  # a source tree on sys.path, not installed
 __all__ = [
     "SCRUB",
     "AuditorEnsemble",
+    "BadTeacher",
     "ClassifierModule",
     "FineTune",
     "GradientAscent",
@@ -62,6 +63,7 @@ _SOURCES = {
     "L1Sparse": "ltu_lightning.modules.baselines",
     "SalUn": "ltu_lightning.modules.baselines",
     "SCRUB": "ltu_lightning.modules.baselines",
+    "BadTeacher": "ltu_lightning.modules.baselines",
     "MetaHarmonizer": "ltu_lightning.optim.meta_harmonizer",
     "harmonize": "ltu_lightning.optim.harmonize",
     "AuditorEnsemble": "ltu_lightning.audit.auditors",
@@ -79,6 +81,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from ltu_lightning.evaluation.protocol import evaluate_unlearning
     from ltu_lightning.modules.baselines import (
         SCRUB,
+        BadTeacher,
         FineTune,
         GradientAscent,
         L1Sparse,

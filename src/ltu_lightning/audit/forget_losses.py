@@ -5,7 +5,7 @@ Minimizing any of them on forget samples makes the model forget them; they diffe
 frozen membership auditors, which is what a retrained model shows; the other three are the
 classic alternatives, better suited to class-wise forgetting where a retrained model does not
 recognise the class at all. None of them has a natural end point: the stop rule decides when
-to stop (see ``LTU_METHOD.md``, "Knowing when to stop").
+to stop (see docs/method.md, "Stop rule").
 
 They are plain callables, not ``nn.Module``: the auditors belong to the LightningModule that
 owns them (and its checkpoint), not to the loss.
@@ -14,6 +14,7 @@ owns them (and its checkpoint), not to the loss.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,9 @@ from ltu_lightning.audit.auditors import AuditorEnsemble
 from ltu_lightning.errors import LTUError
 from ltu_lightning.utils.generators import OwnGenerator
 
-FORGET_LOSSES: tuple[str, ...] = ("mi", "mi_hinge", "neg_ce", "random_label", "uniform_kl")
+#: The names of the forgetting losses (the ``forget_loss`` switch)
+ForgetLossName = Literal["mi", "mi_hinge", "neg_ce", "random_label", "uniform_kl"]
+FORGET_LOSSES: tuple[str, ...] = get_args(ForgetLossName)
 
 
 class MILoss:

@@ -7,6 +7,7 @@ the ``ltu`` CLI.
 from ltu_lightning.modules.base import BaseModule
 from ltu_lightning.modules.baselines import (
     SCRUB,
+    BadTeacher,
     BaselineModule,
     FineTune,
     GradientAscent,
@@ -21,6 +22,7 @@ from ltu_lightning.modules.unlearning import UnlearningModule
 
 __all__ = [
     "SCRUB",
+    "BadTeacher",
     "BaseModule",
     "BaselineModule",
     "ClassifierModule",

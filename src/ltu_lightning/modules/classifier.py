@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ltu_lightning.modules.base import BaseModule
+from ltu_lightning.networks import Backbone
 
 
 class ClassifierModule(BaseModule):
@@ -29,7 +30,7 @@ class ClassifierModule(BaseModule):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_classes: int = 10,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,

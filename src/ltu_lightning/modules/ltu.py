@@ -5,32 +5,43 @@ partial access), splits each into disjoint support and query halves, and hands t
 :class:`~ltu_lightning.optim.MetaHarmonizer` (meta-tune, meta-test, meta-update with gradient
 harmonization). The forgetting feedback comes from K differentiable membership auditors fitted
 on the original model's outputs (members: D̂_r; non-members: the auditor half of the holdout).
-Defaults are this project's, chosen on the validation holdout (see docs/method.md).
+
+LTU's parts: this module (data, auditors, the two losses ``remembering_loss`` and
+``forgetting_loss``), the step (:mod:`ltu_lightning.optim.meta_harmonizer`, its knobs in
+``MetaSettings``), the projection (:mod:`ltu_lightning.optim.harmonize`) and the forgetting
+losses and auditors (:mod:`ltu_lightning.audit`). docs/method.md describes the method as
+implemented and how the defaults were chosen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import asdict
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
 
 from ltu_lightning.audit import AuditorEnsemble, make_forget_loss
+from ltu_lightning.audit.forget_losses import FORGET_LOSSES, ForgetLossName
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.strategy import check_strategy
-from ltu_lightning.modules.unlearning import STOP_RULES, Batch, UnlearningModule, distill_kl
-from ltu_lightning.optim import MetaHarmonizer
+from ltu_lightning.modules.unlearning import Batch, UnlearningModule, distill_kl
+from ltu_lightning.networks import Backbone
+from ltu_lightning.optim.meta_harmonizer import Forward, MetaHarmonizer, MetaSettings
+from ltu_lightning.utils.checks import check_choice, check_range
 from ltu_lightning.utils.generators import OwnGenerator
 
+#: What keeps the model on the retain data (see ``LTUModule``'s ``remember_loss``)
+RememberLoss = Literal["ce", "kd", "ce_kd"]
+#: LTU's stop rules: the shared ones and ``audit``
+LTUStopRule = Literal["criterion", "budget", "audit"]
 
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+
+def sgd_half_momentum(params: Any) -> torch.optim.Optimizer:
+    """LTU's default outer optimizer: SGD(lr=0.032, momentum=0.5)."""
     return torch.optim.SGD(params, lr=0.032, momentum=0.5)
-
-
-REMEMBER_LOSSES = ("ce", "kd", "ce_kd")
 
 
 class HoldoutDistillation(OwnGenerator):
@@ -66,96 +77,71 @@ class LTUModule(UnlearningModule):
         original_ckpt: the original model's checkpoint (``ClassifierModule``).
         num_classes: number of classes (for the ``random_label`` forgetting loss).
         optimizer: outer optimizer factory (lr β). Default SGD(lr=0.032, momentum=0.5), chosen
-            on the fmnist5k validation holdout (docs/tuning_fmnist5k.md, round 5): 1.46 against
-            1.69 for SGD(lr=8e-3, momentum=0.9), the default until then, mean criterion over
-            seeds 0–4 (lower on four of five).
+            on the fmnist5k validation holdout (docs/method.md, "Defaults").
         lr_scheduler: optional scheduler factory, stepped each epoch.
-        remember_loss: ``kd`` (default: distill the original model on the retain batches,
-            ``T²·KL`` at ``distill_temperature``; a frozen copy of the original is kept as
-            ``teacher``), ``ce`` (cross-entropy on them, the paper's reading) or ``ce_kd``
-            (their sum). ``kd`` scored 1.98 against 3.31 for ``ce`` (fmnist5k validation
-            criterion, 3-seed mean, same lr; docs/tuning_fmnist5k.md): the cross-entropy of an
-            image the original already fits is near 0 and barely holds the model, while the
-            original's soft outputs keep its function on the retain data.
-        distill_temperature: T of the ``kd`` remember loss (default 4, chosen over 1, 2, 8).
+        remember_loss: what keeps the model on the retain batches: ``kd`` distils the original
+            model (``T²·KL`` at ``distill_temperature``; a frozen copy of the original is kept
+            as ``teacher``), ``ce`` is cross-entropy on the labels (the paper's reading),
+            ``ce_kd`` their sum.
+        distill_temperature: T of the distillation terms (> 0).
         holdout_distill_weight: weight of a second distillation term on batches of the
             auditor half of the holdout (unlabelled inputs, as many as the retain batch; the
-            frozen original is the teacher, whatever the remember loss; 0 = off). Default 0.5:
-            validation criterion 1.69 against 2.13 without, mean over seeds 0–4 (1.0: 2.05;
-            docs/tuning_fmnist5k.md).
-        forget_loss: ``mi`` (membership auditors, default), ``mi_hinge`` (only down to the
-            auditors' non-member level), ``neg_ce``, ``random_label``, ``uniform_kl``.
+            frozen original is the teacher, whatever the remember loss; 0 = off).
+        forget_loss: the forgetting objective: ``mi`` (membership auditors), ``mi_hinge``
+            (only down to the auditors' non-member level), ``neg_ce``, ``random_label``,
+            ``uniform_kl``.
         num_auditors: K, the number of membership auditors.
         auditor_features: one feature list per auditor (default: log-domain sets).
         auditor_epochs: training epochs of each auditor (full batch).
         refit_every: refit the auditors on the current model every N steps (0 = never).
-        inner_lr: α, the meta-tune (inner) learning rate. Default 0.03 (chosen with β; 0.3
-            scored worse at every β of the grid).
-        inner_steps: number of inner steps.
-        meta_order: 1 (first-order, default) or 2 (exact second-order meta-gradient).
-        meta: False runs the ablation "harmonized joint descent on the supports".
-        query_weight: λ_q, weight of the meta-test (query) losses.
-        forget_weight: w_f, weight of the forgetting objective.
-        harmonization: ``symmetric``, ``protect_remember`` or ``none``.
-        granularity: ``global`` (whole flattened gradients) or ``per_parameter``.
-        balance: ``none`` or ``clip`` (rescale g_f to at most ``balance_c``·‖g_r‖).
-        balance_c: the clip factor c.
-        bn_mode: ``eval`` freezes BatchNorm running statistics during unlearning; ``train``.
-        stop_rule: ``criterion`` (default), ``audit`` (stop when the auditors score D_f no
-            higher than unseen data) or ``budget``.
-        generator_seed: seed of the auditors and of the ``random_label`` loss (named apart from
-            the data module's split ``seed``: Lightning merges both hparams into one namespace).
+        stop_rule: ``criterion`` (keep the best ``val/criterion`` epoch), ``audit`` (stop when
+            the auditors score D_f no higher than unseen data) or ``budget`` (keep the last).
+        generator_seed: seed of the auditors, of the ``random_label`` loss and of the holdout
+            batches (named apart from the data module's split ``seed``: Lightning merges both
+            hparams into one namespace).
+        meta: the knobs of the LTU step, the fields of
+            :class:`~ltu_lightning.optim.meta_harmonizer.MetaSettings` (``inner_lr``,
+            ``inner_steps``, ``meta_order``, ``meta``, ``query_weight``, ``forget_weight``,
+            ``harmonization``, ``granularity``, ``balance``, ``balance_c``, ``bn_mode``).
     """
 
-    stop_rules = (*STOP_RULES, "audit")
+    stop_rules = get_args(LTUStopRule)
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         original_ckpt: str | None = None,
         num_classes: int = 10,
-        optimizer: OptimizerCallable = _default_optimizer,
+        optimizer: OptimizerCallable = sgd_half_momentum,
         lr_scheduler: LRSchedulerCallable | None = None,
-        remember_loss: str = "kd",
+        remember_loss: RememberLoss = "kd",
         distill_temperature: float = 4.0,
         holdout_distill_weight: float = 0.5,
-        forget_loss: str = "mi",
+        forget_loss: ForgetLossName = "mi",
         num_auditors: int = 3,
         auditor_features: Sequence[Sequence[str]] | None = None,
         auditor_epochs: int = 300,
         refit_every: int = 0,
-        inner_lr: float = 0.03,
-        inner_steps: int = 1,
-        meta_order: int = 1,
-        meta: bool = True,
-        query_weight: float = 1.0,
-        forget_weight: float = 1.0,
-        harmonization: str = "symmetric",
-        granularity: str = "global",
-        balance: str = "none",
-        balance_c: float = 10.0,
-        bn_mode: str = "eval",
-        stop_rule: str = "criterion",
+        stop_rule: LTUStopRule = "criterion",
         generator_seed: int = 0,
+        **meta: Any,
     ) -> None:
         super().__init__(backbone, original_ckpt, optimizer, lr_scheduler, stop_rule)
+        self.meta_settings = MetaSettings(**meta)
+        check_choice("remember_loss", remember_loss, get_args(RememberLoss))
+        check_choice("forget_loss", forget_loss, FORGET_LOSSES)
+        check_range("distill_temperature", distill_temperature, 0.0, low_open=True)
+        check_range("holdout_distill_weight", holdout_distill_weight, 0.0)
+        check_range("refit_every", refit_every, 0, integer=True)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        # record every knob of the step, the defaults too
+        self.save_hyperparameters({**self.hparams, **asdict(self.meta_settings)})
         self.automatic_optimization = False
-        if remember_loss not in REMEMBER_LOSSES:
-            raise LTUError(
-                f"unknown remember_loss {remember_loss!r}: choose from {', '.join(REMEMBER_LOSSES)}"
-            )
-        if not distill_temperature > 0:
-            raise LTUError(f"distill_temperature={distill_temperature!r} must be > 0")
-        if not holdout_distill_weight >= 0:
-            raise LTUError(f"holdout_distill_weight={holdout_distill_weight!r} must be >= 0")
         if remember_loss != "ce" or holdout_distill_weight > 0:
             self.add_teacher()
         self.holdout_distill = (
             HoldoutDistillation(seed=generator_seed) if holdout_distill_weight > 0 else None
         )
-        if refit_every < 0:
-            raise LTUError(f"refit_every={refit_every} must be >= 0 (0 = never refit the auditors)")
         self.auditors = AuditorEnsemble(
             num_auditors=num_auditors,
             feature_sets=auditor_features,
@@ -165,28 +151,11 @@ class LTUModule(UnlearningModule):
         self.forget_objective = make_forget_loss(
             forget_loss, num_classes, self.auditors, seed=generator_seed
         )
-        self.harmonizer_kwargs = dict(
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            meta_order=meta_order,
-            meta=meta,
-            query_weight=query_weight,
-            forget_weight=forget_weight,
-            harmonization=harmonization,
-            granularity=granularity,
-            balance=balance,
-            balance_c=balance_c,
-            bn_mode=bn_mode,
-        )
-        # Validate the harmonizer's switches at construction, not at the first step.
-        MetaHarmonizer(
-            backbone, torch.optim.SGD(backbone.parameters(), lr=0.0), **self.harmonizer_kwargs
-        )
         self.harmonizer: MetaHarmonizer | None = None
 
     # ---------------------------------------------------------------- set-up
     def on_fit_start(self) -> None:
-        batch_stats = self.backbone if self.hparams.bn_mode == "train" else None
+        batch_stats = self.backbone if self.meta_settings.bn_mode == "train" else None
         check_strategy(self.trainer, type(self).__name__, batch_stats)
         precision = str(self.trainer.precision)
         if precision.startswith("16"):
@@ -201,7 +170,7 @@ class LTUModule(UnlearningModule):
             with torch.random.fork_rng(devices=[]):  # a loader's iterator draws a base seed
                 xs = [x for x, _ in self.datamodule.role_dataloader("holdout_audit")]
             self.holdout_distill.inputs = self.model_input(torch.cat(xs)) if xs else None
-        self.harmonizer = MetaHarmonizer(self.backbone, self.optimizers(), **self.harmonizer_kwargs)
+        self.harmonizer = MetaHarmonizer(self.backbone, self.optimizers(), self.meta_settings)
 
     def fit_auditors(self) -> None:
         """Fit the K auditors on the current model: members D̂_r, non-members the auditor half."""
@@ -210,7 +179,8 @@ class LTUModule(UnlearningModule):
         self.auditors.fit(member_logits, member_y, non_logits, non_y)
 
     # ------------------------------------------------------------- training
-    def remember_loss(self, forward: Any, batch: Batch) -> torch.Tensor:
+    def remembering_loss(self, forward: Forward, batch: Batch) -> torch.Tensor:
+        """``L_r``: the ``remember_loss`` on a retain batch, plus the holdout distillation term."""
         x, y = batch
         logits = forward(x)
         kind = self.hparams.remember_loss
@@ -228,7 +198,8 @@ class LTUModule(UnlearningModule):
             loss = loss + weight * distill_kl(forward(xh), teacher_h, t)
         return loss
 
-    def forget_loss(self, forward: Any, batch: Batch) -> torch.Tensor:
+    def forgetting_loss(self, forward: Forward, batch: Batch) -> torch.Tensor:
+        """``L_f``: the ``forget_loss`` on a forget batch."""
         x, y = batch
         return self.forget_objective(forward(x).float(), y)
 
@@ -237,7 +208,7 @@ class LTUModule(UnlearningModule):
         support_f, query_f = self.split_support_query(batch["forget"])
         support_r, query_r = self.split_support_query(batch["retain"])
         stats = self.harmonizer.step(
-            self.remember_loss, self.forget_loss, support_r, query_r, support_f, query_f
+            self.remembering_loss, self.forgetting_loss, support_r, query_r, support_f, query_f
         )
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=len(support_f[1]))
         refit = self.hparams.refit_every

@@ -4,7 +4,7 @@
   with ``weights_only=True``), refusing one trained on another split or with another backbone;
 - data access goes through the data module's roles (``train_on="unlearn"`` batches are dicts
   ``{"forget": (x, y), "retain": (x, y)}``);
-- after each epoch the honest selection criterion of PROTOCOL.md is computed on the forget set
+- after each epoch the honest selection criterion (docs/protocol.md) is computed on the forget set
   and the *validation half* of the holdout (never the test split, never a retrained model) and
   logged as ``val/criterion``; the stage's ``ModelCheckpoint`` keeps the best epoch
   (``stop_rule="criterion"``), or only the last one (``"budget"``);
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,11 @@ from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.evaluation.metrics import loss_auc, selection_criterion
 from ltu_lightning.modules.base import BaseModule, monitored_best_score
 from ltu_lightning.modules.checkpoints import load_backbone_weights
+from ltu_lightning.networks import Backbone
+from ltu_lightning.utils.checks import check_choice
 
-STOP_RULES = ("criterion", "budget")
+#: When an unlearning run stops: keep the best ``val/criterion`` epoch, or the last one
+StopRule = Literal["criterion", "budget"]
 Batch = tuple[torch.Tensor, torch.Tensor]
 #: checkpoint key of the state of plain (non-``nn.Module``) helpers, e.g. a loss's generator
 HELPER_STATE_KEY = "ltu_helper_states"
@@ -67,17 +70,14 @@ class UnlearningModule(BaseModule):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         original_ckpt: str | None = None,
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_scheduler: LRSchedulerCallable | None = None,
-        stop_rule: str = "criterion",
+        stop_rule: StopRule = "criterion",
     ) -> None:
         super().__init__(backbone, optimizer, lr_scheduler)
-        if stop_rule not in self.stop_rules:
-            raise LTUError(
-                f"stop_rule={stop_rule!r} is unknown; choose one of {', '.join(self.stop_rules)}"
-            )
+        check_choice("stop_rule", stop_rule, self.stop_rules)
         self.original_ckpt = original_ckpt
         self.stop_rule = stop_rule
         if stop_rule != "criterion":
@@ -87,7 +87,8 @@ class UnlearningModule(BaseModule):
         self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.teacher: nn.Module | None = None
 
-    stop_rules: tuple[str, ...] = STOP_RULES
+    #: the stop rules this class accepts (a subclass with a rule of its own extends it)
+    stop_rules: tuple[str, ...] = get_args(StopRule)
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:

@@ -1,5 +1,12 @@
 """Backbones: plain ``nn.Module`` classifiers mapping a batch of images to logits."""
 
-from ltu_lightning.networks.backbones import MLP, CifarResNet18, SmallCNN
+from ltu_lightning.networks.backbones import (
+    MLP,
+    AnyModule,
+    Backbone,
+    CifarResNet18,
+    Network,
+    SmallCNN,
+)
 
-__all__ = ["MLP", "CifarResNet18", "SmallCNN"]
+__all__ = ["MLP", "AnyModule", "Backbone", "CifarResNet18", "Network", "SmallCNN"]

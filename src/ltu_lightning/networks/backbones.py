@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, Protocol
+
 import torch
 from torch import nn
 from torchvision.models import resnet18
 
 
-class CifarResNet18(nn.Module):
+class Network(nn.Module):
+    """Base of the project's networks. A backbone needs no base class; a subclass of this one
+    is also found by its short name in a config (``class_path: SmallCNN``)."""
+
+
+class AnyModule(Protocol):
+    """Any ``torch.nn.Module``, given in a config by its full class path
+    (``class_path: torchvision.models.ResNet``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+#: The type of a module's ``backbone``: any ``nn.Module`` mapping a batch of images to logits.
+#: Typed so that ``--model.help`` lists the project's networks, not every ``nn.Module`` known.
+Backbone = Network | AnyModule
+
+
+class CifarResNet18(Network):
     """ResNet-18 for 32×32 inputs: torchvision's, with a 3×3 stride-1 first conv and no max-pool."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -21,7 +43,7 @@ class CifarResNet18(nn.Module):
         return self.net(x)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(Network):
     """Two conv blocks and two linear layers: the fmnist5k/mnist5k model (overfits a 3k pool)."""
 
     def __init__(
@@ -63,7 +85,7 @@ class SmallCNN(nn.Module):
         return self.classifier(x)
 
 
-class MLP(nn.Module):
+class MLP(Network):
     """A multilayer perceptron on flattened inputs (the ``digits`` model)."""
 
     def __init__(

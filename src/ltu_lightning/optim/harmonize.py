@@ -1,6 +1,6 @@
 """Gradient Harmonization: PCGrad-style removal of the conflict between two gradients.
 
-See ``LTU_METHOD.md``, section "Gradient Harmonization". Every function accepts either two
+See docs/method.md, "Gradient harmonization". Every function accepts either two
 tensors (treated as one vector each) or two equal-length sequences of per-parameter tensors,
 and returns the same form it was given. The projection is branch-free (``torch.where`` instead
 of ``if dot < 0``): it never synchronizes an accelerator with the host, and it stays
@@ -10,24 +10,23 @@ differentiable, which the second-order meta-gradient needs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor
 
 from ltu_lightning.errors import LTUError
+from ltu_lightning.utils.checks import check_choice, check_range
 from ltu_lightning.utils.grads import flat_dot, pair_stats
 
-MODES = ("symmetric", "protect_remember", "none")
-GRANULARITIES = ("global", "per_parameter")
+#: How two conflicting gradients are combined (see :func:`harmonize`)
+Harmonization = Literal["symmetric", "protect_remember", "none"]
+#: Whether the projection sees whole gradients or each parameter tensor on its own
+Granularity = Literal["global", "per_parameter"]
+MODES: tuple[str, ...] = get_args(Harmonization)
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 
 Grad = TypeVar("Grad", Tensor, Sequence[Tensor])
-
-
-def check_choice(name: str, value: object, allowed: Sequence[object]) -> None:
-    """Raise an :class:`LTUError` naming ``value`` and the allowed values unless it is one."""
-    if value not in allowed:
-        raise LTUError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def _as_lists(g_r: Grad, g_f: Grad) -> tuple[list[Tensor], list[Tensor], bool]:
@@ -87,8 +86,8 @@ def _project_pair(
 def harmonize(
     g_r: Grad,
     g_f: Grad,
-    mode: str = "symmetric",
-    granularity: str = "global",
+    mode: Harmonization = "symmetric",
+    granularity: Granularity = "global",
     eps: float = 1e-12,
 ) -> Grad:
     """Combine the remembering and forgetting gradients into ``H = g_r' + g_f'``.
@@ -103,8 +102,7 @@ def harmonize(
     """
     check_choice("mode", mode, MODES)
     check_choice("granularity", granularity, GRANULARITIES)
-    if eps <= 0:
-        raise LTUError(f"eps must be > 0; got {eps!r}")
+    check_range("eps", eps, 0.0, low_open=True)
     r, f, single = _as_lists(g_r, g_f)
     if granularity == "global":
         new_r, new_f = _project_lists(r, f, mode, eps)
@@ -118,12 +116,11 @@ def harmonize(
 def balance_clip(g_r: Grad, g_f: Grad, c: float, eps: float = 1e-12) -> Grad:
     """Rescale ``g_f`` so that ``||g_f|| <= c * ||g_r||`` (norms of the whole vectors).
 
-    A safety cap on the forgetting gradient; LTU_METHOD.md warns that a small ``c`` starves
-    forgetting, because ``||g_r||`` is near zero on data the model was trained on.
+    A safety cap on the forgetting gradient. A small ``c`` starves forgetting, because
+    ``||g_r||`` is near zero on data the model was trained on.
     Returns the rescaled ``g_f`` in the form it was given; differentiable.
     """
-    if not c > 0:
-        raise LTUError(f"balance_c must be > 0; got {c!r}")
+    check_range("balance_c", c, 0.0, low_open=True)
     r, f, single = _as_lists(g_r, g_f)
     norm_r, norm_f = flat_dot(r, r).sqrt(), flat_dot(f, f).sqrt()
     scale = (c * norm_r / norm_f.clamp_min(eps)).clamp(max=1.0)

@@ -2,7 +2,8 @@
 
 Plain torch, no Lightning: the LTU LightningModule calls :meth:`MetaHarmonizer.step` from
 ``training_step`` under manual optimization, and any other two-objective method can do the same.
-See ``LTU_METHOD.md``, sections "One LTU step", "Gradient Harmonization", "Multi-process rule".
+Its knobs are one dataclass, :class:`MetaSettings`, which ``LTUModule`` reads as well. See
+docs/method.md, "One LTU step", "Gradient harmonization" and "Several processes".
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 import torch.distributed as dist
@@ -22,10 +24,12 @@ from ltu_lightning.errors import LTUError, NonFiniteStepError
 from ltu_lightning.optim.harmonize import (
     GRANULARITIES,
     MODES,
+    Granularity,
+    Harmonization,
     balance_clip,
-    check_choice,
     harmonize,
 )
+from ltu_lightning.utils.checks import check_choice, check_range
 from ltu_lightning.utils.grads import flat_dot, pair_stats
 
 Forward = Callable[[Any], Tensor]
@@ -35,8 +39,59 @@ LossFn = Callable[[Forward, Any], Tensor]
 
 _LossesAt = Callable[[Sequence[Tensor], dict[str, Tensor], Any, Any], tuple[Tensor, Tensor]]
 
-BALANCES = ("none", "clip")
-BN_MODES = ("eval", "train")
+#: The rescaling of the forgetting gradient before harmonization
+Balance = Literal["none", "clip"]
+#: What normalization layers with running statistics do during a step
+BNMode = Literal["eval", "train"]
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    """The knobs of one LTU step, checked when built (``LTUModule`` takes them as its own
+    arguments, ``--model.init_args.inner_lr`` and so on).
+
+    Args:
+        inner_lr: α, the meta-tune (inner) learning rate (>= 0).
+        inner_steps: number of inner steps (>= 1).
+        meta_order: 1 (first order: the query gradients taken at θ' are applied to θ) or 2
+            (exact second-order meta-gradient, through θ').
+        meta: False runs the ablation "harmonized joint descent on the supports" (no
+            meta-tune, no queries).
+        query_weight: λ_q, the weight of the meta-test (query) losses (>= 0).
+        forget_weight: w_f, the weight of the outer forgetting objective (>= 0).
+        harmonization: ``symmetric`` projects each gradient off the other when they conflict;
+            ``protect_remember`` projects only the forgetting gradient; ``none`` adds them.
+        granularity: ``global`` projects the whole concatenated gradients, ``per_parameter``
+            each parameter tensor on its own.
+        balance: ``none``, or ``clip``: rescale the forgetting gradient to at most
+            ``balance_c`` times the remembering gradient's norm before harmonizing.
+        balance_c: the clip factor c (> 0).
+        bn_mode: ``eval`` keeps BatchNorm running statistics frozen during the step (forget
+            batches never leak into them); ``train`` leaves the layers in their mode.
+    """
+
+    inner_lr: float = 0.03
+    inner_steps: int = 1
+    meta_order: Literal[1, 2] = 1
+    meta: bool = True
+    query_weight: float = 1.0
+    forget_weight: float = 1.0
+    harmonization: Harmonization = "symmetric"
+    granularity: Granularity = "global"
+    balance: Balance = "none"
+    balance_c: float = 10.0
+    bn_mode: BNMode = "eval"
+
+    def __post_init__(self) -> None:
+        check_choice("harmonization", self.harmonization, MODES)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("balance", self.balance, get_args(Balance))
+        check_choice("bn_mode", self.bn_mode, get_args(BNMode))
+        check_choice("meta_order", self.meta_order, (1, 2))
+        check_range("inner_steps", self.inner_steps, 1, integer=True)
+        for name in ("inner_lr", "query_weight", "forget_weight"):
+            check_range(name, getattr(self, name), 0.0)
+        check_range("balance_c", self.balance_c, 0.0, low_open=True)
 
 
 class SupportsStep(Protocol):
@@ -102,7 +157,7 @@ class MetaHarmonizer:
        query gradients taken at θ' to θ.
 
     ``H`` (balancing then projection) is the same in the inner and the outer step;
-    ``forget_weight`` scales only the outer forgetting objective, as in LTU_METHOD.md.
+    ``forget_weight`` scales only the outer forgetting objective.
     ``meta=False`` is the ablation: harmonized joint descent ``H(∇L_r(θ;S_r), ∇w_f L_f(θ;S_f))``,
     query batches unused (they may be ``None``).
 
@@ -132,52 +187,25 @@ class MetaHarmonizer:
         self,
         model: nn.Module,
         optimizer: SupportsStep,
+        settings: MetaSettings | None = None,
         *,
-        inner_lr: float = 0.1,
-        inner_steps: int = 1,
-        meta_order: int = 1,
-        meta: bool = True,
-        query_weight: float = 1.0,
-        forget_weight: float = 1.0,
-        harmonization: str = "symmetric",
-        granularity: str = "global",
-        balance: str = "none",
-        balance_c: float = 10.0,
         eps: float = 1e-12,
-        bn_mode: str = "eval",
         sync_grads: bool = True,
+        **knobs: Any,
     ) -> None:
-        check_choice("harmonization", harmonization, MODES)
-        check_choice("granularity", granularity, GRANULARITIES)
-        check_choice("balance", balance, BALANCES)
-        check_choice("bn_mode", bn_mode, BN_MODES)
-        check_choice("meta_order", meta_order, (1, 2))
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-            raise LTUError(f"inner_steps must be an integer >= 1; got {inner_steps!r}")
-        for name, value in (
-            ("inner_lr", inner_lr),
-            ("query_weight", query_weight),
-            ("forget_weight", forget_weight),
-        ):
-            if not value >= 0:
-                raise LTUError(f"{name} must be >= 0; got {value!r}")
-        for name, value in (("balance_c", balance_c), ("eps", eps)):
-            if not value > 0:
-                raise LTUError(f"{name} must be > 0; got {value!r}")
+        """``settings``, or the same knobs as keywords (``inner_lr=0.1, meta_order=2``, the
+        fields of :class:`MetaSettings`); ``eps`` bounds the squared norms in the projection's
+        denominators; ``sync_grads`` averages the gradients across ranks (see above)."""
+        if settings is not None and knobs:
+            raise LTUError(
+                f"pass the knobs as settings=MetaSettings(...) or as keywords, not both; got "
+                f"settings and {', '.join(knobs)}"
+            )
+        check_range("eps", eps, 0.0, low_open=True)
         self.model = model
         self.optimizer = optimizer
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
-        self.meta_order = meta_order
-        self.meta = meta
-        self.query_weight = query_weight
-        self.forget_weight = forget_weight
-        self.harmonization = harmonization
-        self.granularity = granularity
-        self.balance = balance
-        self.balance_c = balance_c
+        self.settings = settings if settings is not None else MetaSettings(**knobs)
         self.eps = eps
-        self.bn_mode = bn_mode
         self.sync_grads = sync_grads
 
     def step(
@@ -197,7 +225,7 @@ class MetaHarmonizer:
         cross-rank average and before balancing/harmonization, their norms ``norm_r`` and
         ``norm_f``, and ``norm_update`` (the norm of the gradient written into ``.grad``).
         """
-        if self.meta and (query_r is None or query_f is None):
+        if self.settings.meta and (query_r is None or query_f is None):
             raise LTUError("meta=True needs the query batches query_r and query_f; got None")
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not named:
@@ -221,16 +249,18 @@ class MetaHarmonizer:
 
         world = self._world_size()
         frozen = (
-            _frozen_norm_stats(self.model) if self.bn_mode == "eval" else contextlib.nullcontext()
+            _frozen_norm_stats(self.model)
+            if self.settings.bn_mode == "eval"
+            else contextlib.nullcontext()
         )
         with frozen:
-            if self.meta:
+            if self.settings.meta:
                 g_r, g_f, losses = self._meta_gradients(
                     losses_at, params, buffers, world, (support_r, support_f), (query_r, query_f)
                 )
             else:
                 l_r, l_f = losses_at(params, buffers, support_r, support_f)
-                g_r, g_f = _grads(l_r, params), _grads(self.forget_weight * l_f, params)
+                g_r, g_f = _grads(l_r, params), _grads(self.settings.forget_weight * l_f, params)
                 losses = [l_r, l_f]
         g_r, g_f = _all_reduce_mean(g_r, world), _all_reduce_mean(g_f, world)
         stats = pair_stats(g_r, g_f)
@@ -243,7 +273,7 @@ class MetaHarmonizer:
             ]
         )
         keys = ["loss_r_support", "loss_f_support"]
-        keys += ["loss_r_query", "loss_f_query"] if self.meta else []
+        keys += ["loss_r_query", "loss_f_query"] if self.settings.meta else []
         keys += ["cos", "conflict", "norm_r", "norm_f", "norm_update"]
         result = dict(zip(keys, values.tolist(), strict=True))
         bad = [key for key, value in result.items() if not math.isfinite(value)]
@@ -268,9 +298,9 @@ class MetaHarmonizer:
 
     def _harmonize(self, g_r: list[Tensor], g_f: list[Tensor]) -> list[Tensor]:
         """``H``: optional balancing of ``g_f``, then the projection."""
-        if self.balance == "clip":
-            g_f = balance_clip(g_r, g_f, self.balance_c, self.eps)
-        return harmonize(g_r, g_f, self.harmonization, self.granularity, self.eps)
+        if self.settings.balance == "clip":
+            g_f = balance_clip(g_r, g_f, self.settings.balance_c, self.eps)
+        return harmonize(g_r, g_f, self.settings.harmonization, self.settings.granularity, self.eps)
 
     def _meta_gradients(
         self,
@@ -282,12 +312,14 @@ class MetaHarmonizer:
         query: tuple[Any, Any],
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Outer ``g_r``, ``g_f`` (before the cross-rank average) and the four losses."""
-        second = self.meta_order == 2
+        second = self.settings.meta_order == 2
         fast_buffers = (
-            buffers if self.bn_mode == "eval" else {k: b.clone() for k, b in buffers.items()}
+            buffers
+            if self.settings.bn_mode == "eval"
+            else {k: b.clone() for k, b in buffers.items()}
         )
         fast: list[Tensor] = params
-        for k in range(self.inner_steps):
+        for k in range(self.settings.inner_steps):
             l_r, l_f = losses_at(fast, buffers if k == 0 else fast_buffers, *support)
             g_r = _all_reduce_mean(_grads(l_r, fast, create_graph=second), world, second)
             g_f = _all_reduce_mean(_grads(l_f, fast, create_graph=second), world, second)
@@ -296,18 +328,18 @@ class MetaHarmonizer:
                 at_theta = (l_r, l_f, g_r, g_f)
             with torch.set_grad_enabled(second):
                 step = self._harmonize(g_r, g_f)
-                fast = [w - self.inner_lr * s for w, s in zip(fast, step, strict=True)]
+                fast = [w - self.settings.inner_lr * s for w, s in zip(fast, step, strict=True)]
             if not second:
                 fast = [w.requires_grad_() for w in fast]
         lq_r, lq_f = losses_at(fast, fast_buffers, *query)
         # First order: gradients at θ' (leaves). Second order: through θ' back to θ, where the
         # two calls share the inner graph, so the first one keeps it.
         wrt = params if second else fast
-        q_r = _grads(self.query_weight * lq_r, wrt, retain_graph=second)
-        q_f = _grads(self.forget_weight * self.query_weight * lq_f, wrt)
+        q_r = _grads(self.settings.query_weight * lq_r, wrt, retain_graph=second)
+        q_f = _grads(self.settings.forget_weight * self.settings.query_weight * lq_f, wrt)
         l_r, l_f, s_r, s_f = at_theta
         g_r = [s.detach() + q for s, q in zip(s_r, q_r, strict=True)]
-        g_f = [self.forget_weight * s.detach() + q for s, q in zip(s_f, q_f, strict=True)]
+        g_f = [self.settings.forget_weight * s.detach() + q for s, q in zip(s_f, q_f, strict=True)]
         return g_r, g_f, [l_r, l_f, lq_r, lq_f]
 
 

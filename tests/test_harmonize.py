@@ -1,4 +1,4 @@
-"""Gradient Harmonization: the PCGrad properties LTU_METHOD.md requires, and the API forms."""
+"""Gradient Harmonization: the PCGrad properties docs/method.md states, and the API forms."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     assert results["methods"]["retrain"]["avg_gap"]["mean"] == 0.0  # against itself
     for name in ("results.csv", "results.md", "avg_gap_vs_time.png", "metrics_bars.png"):
         assert (out / name).is_file()
-    # Class-wise benchmarks report the remaining and forgotten classes apart (PROTOCOL.md).
+    # Class-wise benchmarks report the remaining and forgotten classes apart (docs/protocol.md).
     class_wise = "--data.init_args.forget_classes" in spec.get("overrides", [])
     md = (out / "results.md").read_text()
     assert "| collapsed | failed | no gain |" in md

@@ -3,9 +3,9 @@
 Why the log domain: a trained model's members have losses of 1e-4..1e-8 and non-members a
 wide spread, so raw-probability features (confidence, entropy) are squeezed near 0/1 and have
 tiny standard deviations. The auditors standardize their inputs, and dividing by a tiny sd
-inflates the forgetting gradient by 1/sd (measured in the prototype: a forgetting gradient 80x
-the remembering one, then collapse). Log-domain features spread members and non-members over
-a few units and keep the gradient well scaled. See ``docs``/``LTU_METHOD.md`` ("Losses").
+inflates the forgetting gradient by 1/sd (until it dwarfs the remembering one and the model
+collapses). Log-domain features spread members and non-members over
+a few units and keep the gradient well scaled. See docs/method.md, "Membership auditors".
 
 All features are computed from *relative* logits ``s_j = z_j - z_y`` (``y`` the true class),
 which keeps them exact in float32 where ``log_softmax`` rounds a tiny loss to exactly 0:

@@ -104,7 +104,7 @@ CLASS_COLUMNS = (
 
 def class_table(summary: dict[str, Any]) -> str:
     """Class-wise forgetting: test accuracy on the remaining and on the forgotten classes apart
-    (PROTOCOL.md); an empty string for benchmarks that do not forget whole classes."""
+    (docs/protocol.md); an empty string for benchmarks that do not forget whole classes."""
     entries = {k: e for k, e in summary["methods"].items() if CLASS_COLUMNS[0][0] in e}
     if not entries:
         return ""

@@ -1,6 +1,6 @@
 """Honest hyperparameter choice: a grid per method, scored by the best ``val/criterion``.
 
-The criterion (PROTOCOL.md) uses only D_f and the validation half of the holdout, never the
+The criterion (docs/protocol.md) uses only D_f and the validation half of the holdout, never the
 test split or a retrained model, and every method gets the same kind of grid and budget.
 """
 

@@ -60,7 +60,7 @@ class EpochShuffleSampler(RandomSampler):
 
 
 class UnlearningDataModule(L.LightningDataModule):
-    """Datasets by name, the PROTOCOL.md roles, and their dataloaders.
+    """Datasets by name, the data roles of docs/protocol.md, and their dataloaders.
 
     Args:
         dataset: ``fmnist5k`` (embedded default), ``mnist5k``, ``digits``, ``cifar10``, ``cifar100``,

@@ -1,4 +1,4 @@
-"""The deterministic split of PROTOCOL.md and its manifest.
+"""The deterministic split of docs/protocol.md and its manifest.
 
 Roles are index arrays into the dataset's training split (the *pool*):
 

@@ -1,4 +1,4 @@
-"""Unlearning metrics of the evaluation protocol (PROTOCOL.md, section "Metrics").
+"""Unlearning metrics of the evaluation protocol (docs/protocol.md, "Metrics").
 
 Plain functions: tensors or numpy arrays in, Python floats / dicts out, so the same code serves
 the Lightning modules, the benchmark runner and notebooks. Accuracy comes from torchmetrics and
@@ -234,7 +234,7 @@ def mia_efficacy(
 ) -> float:
     """:func:`svc_mia_efficacy` on the dicts of :func:`per_sample_outputs`.
 
-    Members are D_r, non-members the test set, the target D_f (PROTOCOL "Metrics").
+    Members are D_r, non-members the test set, the target D_f (docs/protocol.md, "Metrics").
     """
     if feature not in FEATURES:
         raise LTUError(f"unknown MIA feature {feature!r}; choose one of {', '.join(FEATURES)}")
@@ -348,7 +348,7 @@ def selection_criterion(
     forget_val_loss_auc: float,
     forget_target: float | None = None,
 ) -> float:
-    """The honest hyperparameter-selection score of PROTOCOL.md (lower is better).
+    """The honest hyperparameter-selection score of docs/protocol.md (lower is better).
 
     Uses only what a real unlearner has (D_f, the validation half of the holdout, the original
     model) — never the test split or the retrained model. Mean of three terms, all in

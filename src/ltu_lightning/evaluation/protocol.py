@@ -1,4 +1,4 @@
-"""The evaluation protocol applied to a model and a split: PROTOCOL.md's metrics in one call."""
+"""The evaluation protocol applied to a model and a split: the metrics of docs/protocol.md in one call."""
 
 from __future__ import annotations
 

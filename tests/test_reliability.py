@@ -167,7 +167,7 @@ BAD_INPUTS = {
     "truncated_checkpoint": (lambda t, d: ["--model.init_args.original_ckpt", _truncated(t, d)], "is unreadable or truncated (RuntimeError: PytorchStreamReader failed"),
     "not_a_checkpoint": (lambda t, d: ["--model.init_args.original_ckpt", d.config], "is unreadable or truncated (UnpicklingError: Unsupported operand"),
     "missing_resume_checkpoint": (lambda t, d: ["--ckpt_path", t / "nope.ckpt"], "nope.ckpt' does not exist"),
-    "bad_option_wrapped_by_jsonargparse": (lambda t, d: ["--model.init_args.stop_rule", "soon"], "stop_rule='soon' is unknown; choose one of criterion, budget, audit"),
+    "bad_option_wrapped_by_jsonargparse": (lambda t, d: ["--model.init_args.distill_temperature", "0"], "distill_temperature must be > 0; got 0.0"),
 }  # fmt: skip
 
 

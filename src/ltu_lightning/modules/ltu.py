@@ -77,7 +77,7 @@ class LTUModule(UnlearningModule):
         original_ckpt: the original model's checkpoint (``ClassifierModule``).
         num_classes: number of classes (for the ``random_label`` forgetting loss).
         optimizer: outer optimizer factory (lr β). Default SGD(lr=0.032, momentum=0.5), chosen
-            on the fmnist5k validation holdout (docs/method.md, "Defaults").
+            on the fmnist5k validation holdout (docs/method.md, "How the defaults were chosen").
         lr_scheduler: optional scheduler factory, stepped each epoch.
         remember_loss: what keeps the model on the retain batches: ``kd`` distils the original
             model (``T²·KL`` at ``distill_temperature``; a frozen copy of the original is kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -10,9 +11,13 @@ from torch import nn
 from torchvision.models import resnet18
 
 
-class Network(nn.Module):
+class Network(nn.Module, metaclass=ABCMeta):
     """Base of the project's networks. A backbone needs no base class; a subclass of this one
     is also found by its short name in a config (``class_path: SmallCNN``)."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of images."""
 
 
 class AnyModule(Protocol):

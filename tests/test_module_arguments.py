@@ -3,7 +3,9 @@ arguments resolved through ``**kwargs``, and LTU's step knobs declared once."""
 
 from __future__ import annotations
 
+import inspect
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from conftest import LTURunError
+from ltu_lightning.errors import LTUError
 from ltu_lightning.modules import LTUModule
 from ltu_lightning.modules.baselines import FineTune
 from ltu_lightning.networks import MLP
@@ -88,3 +91,13 @@ def test_ltu_step_knobs_have_one_declaration_and_one_set_of_defaults():
     assert model.hparams.inner_lr == 0.1 and model.hparams.bn_mode == MetaSettings().bn_mode
     harmonizer = MetaHarmonizer(backbone, torch.optim.SGD(backbone.parameters(), lr=0.1))
     assert harmonizer.settings == LTUModule(backbone).meta_settings == MetaSettings()
+
+
+def test_the_step_knobs_are_declared_only_in_meta_settings():
+    knobs = {f.name for f in fields(MetaSettings)}
+    for init in (LTUModule.__init__, MetaHarmonizer.__init__):
+        assert not knobs & set(inspect.signature(init).parameters), init.__qualname__
+    backbone = MLP(num_classes=10, in_features=64, hidden=[8])
+    opt = torch.optim.SGD(backbone.parameters(), lr=0.1)
+    with pytest.raises(LTUError, match="not both; got settings and inner_lr"):
+        MetaHarmonizer(backbone, opt, MetaSettings(), inner_lr=0.1)

@@ -99,7 +99,7 @@ class LTUModule(UnlearningModule):
         generator_seed: seed of the auditors, of the ``random_label`` loss and of the holdout
             batches (named apart from the data module's split ``seed``: Lightning merges both
             hparams into one namespace).
-        meta: the knobs of the LTU step, the fields of
+        knobs: the knobs of the LTU step, the fields of
             :class:`~ltu_lightning.optim.meta_harmonizer.MetaSettings` (``inner_lr``,
             ``inner_steps``, ``meta_order``, ``meta``, ``query_weight``, ``forget_weight``,
             ``harmonization``, ``granularity``, ``balance``, ``balance_c``, ``bn_mode``).
@@ -124,10 +124,10 @@ class LTUModule(UnlearningModule):
         refit_every: int = 0,
         stop_rule: LTUStopRule = "criterion",
         generator_seed: int = 0,
-        **meta: Any,
+        **knobs: Any,
     ) -> None:
         super().__init__(backbone, original_ckpt, optimizer, lr_scheduler, stop_rule)
-        self.meta_settings = MetaSettings(**meta)
+        self.meta_settings = MetaSettings(**knobs)
         check_choice("remember_loss", remember_loss, get_args(RememberLoss))
         check_choice("forget_loss", forget_loss, FORGET_LOSSES)
         check_range("distill_temperature", distill_temperature, 0.0, low_open=True)

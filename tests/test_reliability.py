@@ -28,16 +28,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import LTURunError, _run_ltu
-from ltu_lightning.benchmark.runner import fit_stage, run_stage
+from ltu_lightning.benchmark.runner import run_stage
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.data.splits import SplitSpec, make_split, read_index_file
 from ltu_lightning.errors import LTUError, NonFiniteStepError
-from ltu_lightning.modules.base import OVERWRITE_ARGS
 from ltu_lightning.modules.checkpoints import load_checkpoint
 from ltu_lightning.modules.unlearning import HELPER_STATE_KEY, UnlearningModule
 from ltu_lightning.networks import MLP
+from ltu_lightning.runner import Stage
 from ltu_lightning.utils.files import atomic_path, write_json_atomic
 
+#: the ``ltu fit`` flags that let a run replace its own folder's checkpoints
+OVERWRITE_ARGS = ("--trainer.callbacks+=RunFolderGuard", "--trainer.callbacks.overwrite", "true")
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -405,17 +407,18 @@ def test_a_fit_refused_before_its_first_checkpoint_is_reported_from_its_start(di
     """The benchmark goes on: the method-seed is flagged failed and evaluated from the original
     (no epoch of its own finished); a user error is still raised, not hidden as a failure."""
     root = tmp_path / "ltu"
-    blow_up = ["--model.init_args.inner_lr", "1e38"]  # the first fast weights overflow
-    result = run_stage(str(digits.config), root, 0, digits.manifest, blow_up, digits.original)
+    blow_up = {"model.init_args.inner_lr": 1e38}  # the first fast weights overflow
+    stage = Stage((digits.config,), root, 0, digits.manifest, (blow_up,), digits.original)
+    result = run_stage(stage)
     saved = json.loads((root / "metrics.json").read_text())
     assert result.metrics["failed"] == 1.0 and "non-finite" in saved["failure"]
     assert saved["checkpoint"] == str(digits.original) and saved["best_score"] is None
     assert not (root / "checkpoints" / "last.ckpt").exists()
-    missing = ["--model.init_args.original_ckpt", str(tmp_path / "missing.ckpt")]
+    missing = {"model.init_args.original_ckpt": str(tmp_path / "missing.ckpt")}
     with pytest.raises(LTUError) as refused:
-        fit_stage(
-            str(digits.config), tmp_path / "bad", 0, digits.manifest, missing, digits.original
-        )
+        Stage(
+            (digits.config,), tmp_path / "bad", 0, digits.manifest, (missing,), digits.original
+        ).fit()
     assert not isinstance(refused.value, NonFiniteStepError)
 
 

@@ -76,9 +76,8 @@ def test_a_fit_and_a_benchmark_print_none_of_the_known_warnings(tmp_path):
         "seeds": [0],
         "out": str(tmp_path / "bench"),
         "methods": [{"key": "ltu:partial", "config": str(CONFIGS / "unlearn" / "ltu_digits.yaml"),
-                     "overrides": ["--model.init_args.num_auditors", "1",
-                                   "--trainer.max_epochs", "2"]}],
-        "overrides": ["--trainer.max_epochs", "1"],
+                     "overrides": {"model.init_args.num_auditors": 1, "trainer.max_epochs": 2}}],
+        "overrides": {"trainer.max_epochs": 1},
     }  # fmt: skip
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(bench))
     out = _ltu(["benchmark", "--config", tmp_path / "bench.yaml", "--wandb"], tmp_path)

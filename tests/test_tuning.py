@@ -1,4 +1,4 @@
-"""scripts/tune.py's choice: the mean validation criterion over seeds, failures never chosen.
+"""``ltu tune``'s choice: the mean validation criterion over seeds, failures never chosen.
 
 The fits are replaced by a table of scores (the real fits are covered by the benchmark tests),
 so these tests check the bookkeeping: which point wins, what the report says, what a failure does.
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from ltu_lightning.benchmark import tuning
-from ltu_lightning.benchmark.runner import Benchmark, FitResult, MethodSpec
+from ltu_lightning.benchmark.runner import Benchmark, MethodSpec
 from ltu_lightning.errors import LTUError
+from ltu_lightning.runner import FitResult, Stage
 
 LR = "--model.init_args.optimizer.init_args.lr"
 #: (lr, seed) -> best val criterion. lr 0.1 wins on seed 0 by luck; lr 0.2 is best on average.
@@ -28,20 +29,21 @@ SCORES = {
 def fake_fits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple]:
     calls: list[tuple] = []
 
-    def fake_run_stage(config, root, seed, manifest, overrides):
-        (root / "checkpoints").mkdir(parents=True)
-        (root / "metrics.json").write_text('{"metrics": {}, "time_s": 1.0}')
-        manifest.write_text("{}")
-        calls.append(("original", seed))
+    def fake_run_stage(stage: Stage) -> None:
+        (stage.root / "checkpoints").mkdir(parents=True)
+        (stage.root / "metrics.json").write_text('{"metrics": {}, "time_s": 1.0}')
+        stage.manifest.write_text("{}")
+        calls.append(("original", stage.seed))
 
-    def fake_fit_stage(config, root, seed, manifest, overrides, original_ckpt):
-        lr = float(overrides[overrides.index(LR) + 1])
-        assert original_ckpt == manifest.parent / "original" / "checkpoints" / "last.ckpt"
+    def fake_fit(stage: Stage) -> FitResult:
+        lr = float(stage.overrides[-1][LR.removeprefix("--")])
+        manifest, seed = stage.manifest, stage.seed
+        assert stage.original_ckpt == manifest.parent / "original" / "checkpoints" / "last.ckpt"
         calls.append((lr, seed))
-        return FitResult(None, 2.0, SCORES[(lr, seed)], root / "checkpoints" / "best.ckpt")
+        return FitResult(None, 2.0, SCORES[(lr, seed)], stage.root / "checkpoints" / "best.ckpt")
 
     monkeypatch.setattr(tuning, "run_stage", fake_run_stage)
-    monkeypatch.setattr(tuning, "fit_stage", fake_fit_stage)
+    monkeypatch.setattr(Stage, "fit", fake_fit)
     monkeypatch.setattr(tuning, "_cached", lambda root: None)
     return calls
 

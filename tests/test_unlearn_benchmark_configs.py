@@ -16,6 +16,7 @@ from test_configs_foundation import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+GRIDS = REPO / "experiments" / "tuning"
 LTU_CONFIGS = sorted((CONFIGS / "unlearn").glob("ltu_*.yaml"))
 ABLATIONS = sorted((CONFIGS / "unlearn" / "ablations").glob("*.yaml"))
 BENCHMARKS = sorted((CONFIGS / "benchmark").glob("*.yaml"))
@@ -76,15 +77,22 @@ def test_ablation_fragments_compose_with_the_ltu_config(in_tmp, run_ltu, capsys)
 def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_ltu, skip_md5):
     spec = yaml.safe_load(bench.read_text())
     dataset = dataset_of(REPO / spec["original"])
-    overrides = [a for a in TINY if a not in ("--data.batch_size", "--data.num_workers", "8", "0")]
-    overrides += ["--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0"]
+    # TINY's flags as config keys (the data ones under init_args)
+    flags = [a for a in TINY if a not in ("--data.batch_size", "--data.num_workers", "8", "0")]
+    overrides = {
+        k.removeprefix("--"): yaml.safe_load(v)
+        for k, v in zip(flags[::2], flags[1::2], strict=True)
+    }
+    overrides |= {"data.init_args.batch_size": 8, "data.init_args.num_workers": 0}
     if dataset in FAKE:
         FAKE[dataset](in_tmp / "data")
-        overrides += ["--data.init_args.holdout", "0.2"]
-    # stage configs, and the config fragments (`--config x.yaml`) a method composes in
-    fragments = [a for m in spec["methods"] for a in m.get("overrides", []) if a.endswith(".yaml")]
-    stages = [spec["original"], spec["retrain"], *(m["config"] for m in spec["methods"])]
-    for path in [*stages, *fragments]:
+        overrides["data.init_args.holdout"] = 0.2
+    # stage configs, and the config fragments a method composes after its stage config
+    rows = [
+        m["config"] if isinstance(m["config"], list) else [m["config"]] for m in spec["methods"]
+    ]
+    stages = [spec["original"], spec["retrain"], *(path for row in rows for path in row)]
+    for path in stages:
         (in_tmp / path).parent.mkdir(parents=True, exist_ok=True)
         (in_tmp / path).write_text((REPO / path).read_text())
     out = in_tmp / "bench"
@@ -97,7 +105,7 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
         methods = []
     only = ["--only", json.dumps([m["key"] for m in methods])]
     run_ltu(["benchmark", "--config", bench, "--out", out, "--seeds", "1", *only,
-             "--overrides", json.dumps([*spec.get("overrides", []), *overrides])])  # fmt: skip
+             "--overrides", json.dumps({**spec.get("overrides", {}), **overrides})])  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["benchmark"] == spec["name"] and results["seeds"] == [0]
     keys = {"original", "retrain", *(m["key"] for m in methods)}
@@ -114,7 +122,7 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     for name in ("results.csv", "results.md", "avg_gap_vs_time.png", "metrics_bars.png"):
         assert (out / name).is_file()
     # Class-wise benchmarks report the remaining and forgotten classes apart (docs/protocol.md).
-    class_wise = "--data.init_args.forget_classes" in spec.get("overrides", [])
+    class_wise = "data.init_args.forget_classes" in spec.get("overrides", {})
     md = (out / "results.md").read_text()
     assert "| collapsed | failed | no gain |" in md
     with (out / "results.csv").open() as f:
@@ -188,7 +196,7 @@ def test_grid_points_is_the_full_factorial():
     assert grid_points({}) == [{}]
 
 
-@pytest.mark.parametrize("grid", sorted((CONFIGS / "tuning").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("grid", sorted(GRIDS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_tuning_grids_name_benchmark_methods_and_valid_flags(grid, run_ltu, capsys):
     """Each grid names methods of a benchmark config, and every flag value is accepted by
     that method's stage config (checked by LightningCLI's own parser via --print_config)."""
@@ -200,7 +208,13 @@ def test_tuning_grids_name_benchmark_methods_and_valid_flags(grid, run_ltu, caps
     for key, flags in yaml.safe_load(grid.read_text()).items():
         assert key in methods, (grid.stem, key)
         point = [str(x) for flag, values in flags.items() for x in (flag, values[0])]
-        run_ltu(["fit", "--config", REPO / methods[key]["config"], *point, "--print_config"])
+        config = methods[key]["config"]
+        configs = [
+            a
+            for c in ([config] if isinstance(config, str) else config)
+            for a in ("--config", REPO / c)
+        ]
+        run_ltu(["fit", *configs, *point, "--print_config"])
         resolved = yaml.safe_load(capsys.readouterr().out)
         for flag, values in flags.items():
             node = resolved

@@ -1,132 +1,164 @@
-"""The ``ltu`` command (also installed as ``lightning``): LightningCLI in subclass mode, plus
-``evaluate`` and ``benchmark``.
+"""The ``ltu`` command (also installed as ``lightning``): one LightningCLI parser with every
+subcommand.
 
 ``ltu fit|validate|test|predict --config X.yaml`` are LightningCLI's own subcommands, so every
 LightningCLI flag works (``--print_config``, ``--model.help ClassifierModule``, ``--trainer.*``).
-``ltu evaluate`` and ``ltu benchmark`` use the same YAML and the same ``--help``.
+``ltu evaluate`` takes the same YAML and flags and scores a checkpoint with the protocol's
+metrics; ``ltu benchmark`` and ``ltu tune`` run the stages of a benchmark YAML.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
+import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import lightning as L
-from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import WandbLogger
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser
 
-import ltu_lightning.data  # noqa: F401
-import ltu_lightning.modules  # noqa: F401  (registers the modules for short class names)
-import ltu_lightning.networks  # noqa: F401
-from ltu_lightning import quiet
-from ltu_lightning.callbacks import LoggerSaveConfigCallback, SelectionSummary
+from ltu_lightning.benchmark.cli import (
+    BENCHMARK_HELP,
+    TUNE_HELP,
+    benchmark_main,
+    build_parser,
+    build_tune_parser,
+    tune_main,
+)
 from ltu_lightning.errors import LTUError
+from ltu_lightning.evaluation.metrics import avg_gap
+from ltu_lightning.evaluation.protocol import evaluate_checkpoint, forgetting_verdict, verdict
 from ltu_lightning.modules.checkpoints import load_checkpoint
+from ltu_lightning.runner.lightning import ProjectCLI
+from ltu_lightning.tracking import update_wandb_summary
+from ltu_lightning.utils.files import write_json_atomic
 
-EXTRA_SUBCOMMANDS = ("evaluate", "benchmark")
 #: LightningCLI's subcommands: they load ``--ckpt_path`` (resume, evaluation) through Lightning
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: subcommands that build no model, data or trainer of their own (their stages do)
+TOOL_SUBCOMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], None], str]] = {
+    "benchmark": (build_parser, benchmark_main, BENCHMARK_HELP),
+    "tune": (build_tune_parser, tune_main, TUNE_HELP),
+}
+EVALUATE_HELP = "Evaluate a checkpoint with the protocol's metrics (UA, RA, TA, MIA, Avg.Gap)."
 #: ``--ckpt_path`` values Lightning resolves itself (``registry:<name>`` included)
 CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
-# ``evaluate``/``benchmark`` hand LightningCLI their own argument lists on purpose.
+# tests and notebooks call ``main(args)`` in a process that has its own sys.argv
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 
-class LTUCLI(LightningCLI):
-    """LightningCLI with the project's defaults: any LightningModule/DataModule by class path;
-    the resolved config goes to every logger and the selected epoch's metrics to W&B's summary."""
+class LTUCLI(ProjectCLI):
+    """``ltu``: LightningCLI's subcommands plus ``evaluate`` (the same model, data and trainer
+    flags), ``benchmark`` and ``tune`` (their own flags) under one parser."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("subclass_mode_model", True)
-        kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault("save_config_callback", LoggerSaveConfigCallback)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        # the resolved config reaches every logger (LoggerSaveConfigCallback); Lightning's own
-        # autolog of the module's and data module's hparams would add them again as flat keys
-        kwargs.setdefault(
-            "trainer_defaults", {"callbacks": [SelectionSummary()], "enable_autolog_hparams": False}
-        )
-        kwargs.setdefault("auto_configure_optimizers", False)
-        quiet.install()
-        super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        subcommands = parser._subcommands_action
+        evaluate = self.init_parser(description=EVALUATE_HELP)
+        self._add_arguments(evaluate)
+        add_evaluate_arguments(evaluate)
+        self._subcommand_parsers["evaluate"] = evaluate
+        self._subcommand_method_arguments["evaluate"] = []
+        subcommands.add_subcommand("evaluate", evaluate, help=EVALUATE_HELP)
+        for name, (build, _, help_) in TOOL_SUBCOMMANDS.items():
+            subcommands.add_subcommand(name, build(), help=help_)
+
+    @property
+    def _tool(self) -> bool:
+        return self.config.get("subcommand") in TOOL_SUBCOMMANDS
+
+    # benchmark and tune build their stages themselves: no seed, model, data or trainer here
+    def _parse_ckpt_path(self) -> None:
+        if self.config.get("subcommand") in TRAINER_SUBCOMMANDS:
+            super()._parse_ckpt_path()
+
+    def _set_seed(self) -> None:
+        if not self._tool:
+            super()._set_seed()
 
     def before_instantiate_classes(self) -> None:
-        """A logger whose ``save_dir`` is null writes under ``trainer.default_root_dir``, so that
-        one flag moves a whole run. A set ``WANDB_MODE`` decides W&B's mode: ``WandbLogger``'s
-        ``offline: true`` (the default of configs/logger/wandb.yaml) would override it."""
-        trainer = self._get(self.config, "trainer")
-        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
-        for spec in loggers:
-            if not isinstance(spec, Namespace) or not isinstance(spec.get("init_args"), Namespace):
-                continue
-            init = spec.init_args
-            if "save_dir" in init and init.save_dir is None and init.get("dir") is None:
-                init.save_dir = trainer.default_root_dir or os.getcwd()
-            module, _, name = spec.class_path.rpartition(".")
-            cls = getattr(importlib.import_module(module), name)
-            if issubclass(cls, WandbLogger) and "WANDB_MODE" in os.environ:
-                init.offline = False
+        if not self._tool:
+            super().before_instantiate_classes()
 
-    # ``--ckpt_path last|best``: Lightning looks for them among the trainer's own checkpoint
-    # callbacks before the module's (``configure_callbacks``) exist, so it finds nothing and
-    # starts from scratch. Our stages write both under ``<default_root_dir>/checkpoints/``.
-    def _resolve_ckpt_keyword(self) -> None:
-        config = self.config_init[self.subcommand]
-        keyword = config.get("ckpt_path")
-        if keyword not in ("last", "best"):
+    def instantiate_classes(self) -> None:
+        if not self._tool:
+            super().instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand in TOOL_SUBCOMMANDS:
+            TOOL_SUBCOMMANDS[subcommand][1](self.config[subcommand])
+        elif subcommand == "evaluate":
+            self.evaluate()
+        else:
+            super()._run_subcommand(subcommand)
+
+    def evaluate(self) -> None:
+        """``ltu evaluate``: print (and with --output write) the metrics of --ckpt_path."""
+        cfg = self.config.evaluate
+        metrics = evaluate_checkpoint(
+            self.model, self.datamodule, cfg.ckpt_path, seed=cfg.seed_everything or 0
+        )
+        reference = None
+        if cfg.reference:
+            try:
+                reference = json.loads(Path(cfg.reference).read_text())
+            except (OSError, ValueError) as err:
+                raise LTUError(
+                    f"cannot read reference metrics {cfg.reference!r} ({err}); pass a JSON "
+                    "written by ltu evaluate --output"
+                ) from err
+            metrics["avg_gap"] = avg_gap(metrics, reference)
+        for key, value in metrics.items():
+            print(f"{key:>22}: {value:.4f}")
+        print(verdict(metrics, reference))
+        if cfg.output:
+            write_json_atomic(cfg.output, metrics)
+        self.log_evaluation(metrics)
+
+    def log_evaluation(self, metrics: dict[str, float]) -> None:
+        """Send an evaluation to the trainer's loggers as ``eval/<metric>`` (W&B: also the run
+        summary, with ``eval/verdict``), with the resolved config as hyperparameters."""
+        loggers = self.trainer.loggers
+        if not loggers:
             return
-        path = Path(self.trainer.default_root_dir) / "checkpoints" / f"{keyword}.ckpt"
-        if not path.is_file():
-            raise LTUError(
-                f"--ckpt_path {keyword}: there is no {path}; give the path of a checkpoint, or "
-                f"the --trainer.default_root_dir of the run that wrote it"
-            )
-        load_checkpoint(path)  # the same safe read as for an explicit path
-        config["ckpt_path"] = str(path)
+        cfg = self.config.evaluate
+        self.prepare_run(cfg)
+        config = yaml.safe_load(self._parser("evaluate").dump(cfg, skip_none=False))
+        scores = {f"eval/{k}": float(v) for k, v in metrics.items()}
+        for logger in loggers:
+            logger.log_hyperparams(config)
+            logger.log_metrics(scores, step=0)
+            logger.save()
+        update_wandb_summary(loggers, {**scores, "eval/verdict": forgetting_verdict(metrics)})
+        for logger in loggers:
+            logger.finalize("success")
 
-    def prepare_run(self, config: Namespace) -> None:
-        """Before the trainer runs: W&B loggers ready to start quietly (:mod:`ltu_lightning.quiet`),
-        and, with ``WANDB_MODE`` set, the mode it decided recorded as the logger's ``offline``
-        in the config that config.yaml and the loggers receive."""
-        quiet.hide_version_number(self.trainer)
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                quiet.prepare_wandb_logger(logger)
-        mode = os.environ.get("WANDB_MODE")
-        specs = config.trainer.logger
-        for spec in specs if isinstance(specs, list) else [specs]:
-            if (
-                mode
-                and isinstance(spec, Namespace)
-                and isinstance(spec.get("init_args"), Namespace)
-            ):
-                if "offline" in spec.init_args and spec.class_path.endswith("WandbLogger"):
-                    spec.init_args.offline = mode in ("offline", "dryrun")
 
-    def _before_trainer_run(self) -> None:
-        self.prepare_run(self.config[self.subcommand])
-        self._resolve_ckpt_keyword()
-
-    before_fit = before_validate = before_test = before_predict = _before_trainer_run
+def add_evaluate_arguments(parser: LightningArgumentParser) -> None:
+    """``ltu evaluate``'s own flags, next to the model, data and trainer ones."""
+    parser.add_argument(
+        "--ckpt_path",
+        type=str | None,
+        default=None,
+        help="checkpoint to evaluate (default: the model's initial weights)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=str | None,
+        default=None,
+        help="metrics JSON of the retrained model, for Avg.Gap",
+    )
+    parser.add_argument(
+        "--output", type=str | None, default=None, help="write the metrics JSON here"
+    )
 
 
 def run(args: list[str]) -> None:
-    """Dispatch to ``evaluate``/``benchmark`` or LightningCLI, with safe checkpoint loading."""
-    if args and args[0] in EXTRA_SUBCOMMANDS:
-        if args[0] == "evaluate":
-            from ltu_lightning.evaluation.cli import evaluate_main
-
-            evaluate_main(args[1:])
-        else:
-            from ltu_lightning.benchmark.cli import benchmark_main
-
-            benchmark_main(args[1:])
-        return
+    """Parse ``args`` with the ``ltu`` parser and run the subcommand, with safe checkpoint
+    loading for LightningCLI's subcommands."""
     if args and args[0] in TRAINER_SUBCOMMANDS:
         # Lightning hands weights_only=None to torch.load, which unpickles URLs (and files under
         # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) with arbitrary code: default to True, a later

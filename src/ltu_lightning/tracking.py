@@ -56,20 +56,12 @@ def benchmark_group(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def wandb_stage_args(group: str, stage: str, seed: int) -> list[str]:
-    """``ltu fit`` flags that log one benchmark stage as a W&B run (what
+def wandb_stage_logger(group: str, stage: str, seed: int) -> dict[str, Any]:
+    """The trainer logger that records one benchmark stage as a W&B run (what
     configs/logger/wandb.yaml sets, plus the group, the stage as job type and a run name)."""
-    init = "--trainer.logger.init_args."
-    return [
-        "--trainer.logger.class_path", "WandbLogger",
-        f"{init}project", PROJECT,
-        f"{init}offline", "true",
-        f"{init}log_model", "false",
-        f"{init}save_dir", "null",
-        f"{init}group", group,
-        f"{init}job_type", stage,
-        f"{init}name", f"{stage}-seed{seed}",
-    ]  # fmt: skip
+    init = {"project": PROJECT, "offline": True, "log_model": False, "save_dir": None}
+    init |= {"group": group, "job_type": stage, "name": f"{stage}-seed{seed}"}
+    return {"trainer": {"logger": {"class_path": "WandbLogger", "init_args": init}}}
 
 
 def _cell(text: str) -> Any:

@@ -1,11 +1,19 @@
-"""``ltu benchmark --config configs/benchmark/<name>.yaml [--seeds N] [--out DIR]``."""
+"""The ``ltu benchmark`` and ``ltu tune`` subcommands: their parsers and what they run.
+
+    ltu benchmark --config configs/benchmark/<name>.yaml [--seeds N] [--out DIR]
+    ltu tune --benchmark configs/benchmark/fmnist5k.yaml \
+        --grid experiments/tuning/fmnist5k.yaml --seeds 0 1 2 --out runs/tune/fmnist5k
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from ltu_lightning.benchmark.progress import (
@@ -13,19 +21,26 @@ from ltu_lightning.benchmark.progress import (
     override_notices,
     process_wall_time,
 )
-from ltu_lightning.benchmark.report import markdown_table, write_reports
+from ltu_lightning.benchmark.report import aggregate, markdown_table, write_reports
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, load_benchmark
+from ltu_lightning.benchmark.tuning import tune, tuning_markdown
 from ltu_lightning.errors import LTUError
 from ltu_lightning.quiet import quiet_wandb
 from ltu_lightning.tracking import benchmark_group, log_benchmark_to_wandb
 
+BENCHMARK_HELP = (
+    "Train the original and retrained models, run LTU and the baselines on the same split per "
+    "seed, evaluate all, and write results.json/.csv/.md and plots."
+)
+TUNE_HELP = (
+    "Choose each method's hyperparameters on the validation holdout (never the test split): "
+    "fit every point of a grid on every seed and keep the lowest mean val/criterion."
+)
+
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="ltu benchmark",
-        description="Train the original and retrained models, run LTU and the baselines on the same "
-        "split per seed, evaluate all, and write results.json/.csv/.md and plots.",
-    )
+    """The ``ltu benchmark`` parser (a subcommand of ``ltu``)."""
+    parser = ArgumentParser(prog="ltu benchmark", description=BENCHMARK_HELP)
     parser.add_argument(
         "--config", action=ActionConfigFile, help="benchmark YAML (configs/benchmark/)"
     )
@@ -42,7 +57,8 @@ def build_parser() -> ArgumentParser:
         "--methods",
         type=list[dict],
         required=True,
-        help="list of {key: <method>:<access>, config: <stage yaml>, overrides: [args]}",
+        help="list of {key: <method>:<access>, config: <stage yaml or list of yamls composed in "
+        "order>, overrides: {config key: value}}",
     )
     parser.add_argument(
         "--seeds", type=int | list[int], default=1, help="N (seeds 0..N-1) or a list"
@@ -50,10 +66,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=str, default="runs/benchmark", help="output folder")
     parser.add_argument(
         "--overrides",
-        type=list[str],
-        default=[],
-        help="extra ltu fit arguments for every stage (e.g. tiny sizes); a method's own "
-        "overrides come after them and win (rows pin e.g. their optimizer and epochs)",
+        type=dict[str, Any],
+        default={},
+        help="config values for every stage, as a map of (dotted) keys, e.g. "
+        "'{\"trainer.max_epochs\": 1}'; a method's own overrides come after them and win "
+        "(rows pin e.g. their optimizer and epochs)",
     )
     parser.add_argument(
         "--only",
@@ -81,8 +98,28 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def benchmark_main(args: list[str]) -> None:
-    cfg = build_parser().parse_args(args)
+def build_tune_parser() -> ArgumentParser:
+    """The ``ltu tune`` parser (a subcommand of ``ltu``)."""
+    parser = ArgumentParser(prog="ltu tune", description=TUNE_HELP)
+    parser.add_argument("--benchmark", type=str, required=True, help="benchmark YAML")
+    parser.add_argument(
+        "--grid",
+        type=str,
+        required=True,
+        help="YAML mapping a method key of the benchmark to {config key: [values]}",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="score = mean over these seeds"
+    )
+    parser.add_argument("--out", type=str, required=True, help="output folder")
+    parser.add_argument(
+        "--only", type=str, nargs="+", default=None, help="method keys to tune (default: all)"
+    )
+    return parser
+
+
+def benchmark_main(cfg: Namespace) -> None:
+    """Run ``ltu benchmark`` from its parsed arguments."""
     out = Path(cfg.out)
     if (out / "results.json").exists() and not cfg.overwrite:
         raise LTUError(
@@ -91,16 +128,18 @@ def benchmark_main(args: list[str]) -> None:
     bench = load_benchmark(cfg)
     if cfg.wandb:
         bench.wandb_group = benchmark_group(bench.name)
-    if isinstance(cfg.only, str):
-        cfg.only = [key.strip() for key in cfg.only.split(",") if key.strip()]
-    if cfg.only is not None:
-        unknown = set(cfg.only) - {m.key for m in bench.methods}
+    only = cfg.only
+    if isinstance(only, str):
+        only = [key.strip() for key in only.split(",") if key.strip()]
+    if only is not None:
+        unknown = set(only) - {m.key for m in bench.methods}
         if unknown:
             raise LTUError(
                 f"--only names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
             )
-        bench.methods = [m for m in bench.methods if m.key in cfg.only]
-    for notice in override_notices(bench.overrides, {m.key: m.overrides for m in bench.methods}):
+        bench.methods = [m for m in bench.methods if m.key in only]
+    rows = {m.key: _as_flags(m.overrides) for m in bench.methods}
+    for notice in override_notices(_as_flags(bench.overrides), rows):
         print(notice, flush=True)
     print(
         f"benchmark {bench.name}: seeds {bench.seeds}, {len(bench.methods)} methods -> {out}",
@@ -111,8 +150,6 @@ def benchmark_main(args: list[str]) -> None:
     with quiet_wandb(), BenchmarkProgress(total) as display:
         results = bench.run(progress=display.print, events=display)
     stages_s = time.perf_counter() - start
-    from ltu_lightning.benchmark.report import aggregate
-
     summary = aggregate(bench, results)
     paths = write_reports(summary, out)
     print()
@@ -126,9 +163,35 @@ def benchmark_main(args: list[str]) -> None:
     )
 
 
+def _as_flags(overrides: Mapping[str, Any]) -> list[str]:
+    """An override map in the words of the command line (``--key value``), for the notices."""
+    flags = []
+    for key, value in overrides.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        flags += [f"--{key}", text]
+    return flags
+
+
 def benchmark_config(cfg: Namespace) -> dict[str, Any]:
     """The parsed benchmark configuration as plain data (the report run's W&B config)."""
     config = cfg.as_dict()
     config.pop("config", None)
     config.pop("__path__", None)
     return config
+
+
+def tune_main(cfg: Namespace) -> None:
+    """Run ``ltu tune`` from its parsed arguments: writes tuning.json and tuning.md to --out."""
+    bench = load_benchmark(build_parser().parse_args(["--config", cfg.benchmark]))
+    try:
+        grids = yaml.safe_load(Path(cfg.grid).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise LTUError(f"cannot read --grid {cfg.grid!r} ({err}); pass a grid YAML") from err
+    if cfg.only:
+        grids = {k: v for k, v in grids.items() if k in cfg.only}
+    out = Path(cfg.out)
+    report = tune(bench, grids, cfg.seeds, out, progress=lambda s: print(s, flush=True))
+    text = tuning_markdown(report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tuning.md").write_text(text)
+    print(text)

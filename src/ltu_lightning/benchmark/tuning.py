@@ -1,7 +1,9 @@
 """Honest hyperparameter choice: a grid per method, scored by the best ``val/criterion``.
 
 The criterion (docs/protocol.md) uses only D_f and the validation half of the holdout, never the
-test split or a retrained model, and every method gets the same kind of grid and budget.
+test split or a retrained model, and every method gets the same kind of grid and budget. A grid
+maps a method key of the benchmark to ``{config key: [values]}`` (dotted keys such as
+``model.init_args.optimizer.init_args.lr``; a leading ``--`` is allowed).
 """
 
 from __future__ import annotations
@@ -9,21 +11,35 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ltu_lightning.benchmark.runner import Benchmark, _cached, fit_stage, run_stage
+import yaml
+
+from ltu_lightning.benchmark.runner import Benchmark, _cached, run_stage
 from ltu_lightning.errors import LTUError
 from ltu_lightning.utils.files import write_json_atomic
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Full factorial of ``{flag: [values]}``; an empty grid is one point (the config as is)."""
+    """Full factorial of ``{key: [values]}``; an empty grid is one point (the config as is)."""
     flags = list(grid)
     return [
         dict(zip(flags, values, strict=True))
         for values in itertools.product(*(grid[f] for f in flags))
     ]
+
+
+def point_overrides(point: dict[str, Any]) -> dict[str, Any]:
+    """A grid point as stage overrides: ``--`` dropped from its keys, a value written as a YAML or
+    JSON string of a list or map (a whole optimizer, a callback list) read as that structure."""
+    return {
+        key.removeprefix("--"): yaml.safe_load(value)
+        if isinstance(value, str) and value[:1] in "[{"
+        else value
+        for key, value in point.items()
+    }
 
 
 def _mean_std(values: list[float | None]) -> tuple[float, float]:
@@ -65,38 +81,29 @@ def tune(
         raise LTUError(
             f"grid names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
         )
-    manifests: dict[int, Path] = {}
+    bench = replace(bench, out=out)  # each seed's split and original model live under ``out``
     for seed in seeds:
-        root = out / f"seed_{seed}"
-        manifests[seed] = root / "split_manifest.json"
-        if _cached(root / "original") is None or not manifests[seed].exists():
+        original = bench.stage("original", seed)
+        if _cached(original.root) is None or not original.manifest.exists():
             progress(f"[tune] original model for seed {seed} ...")
-            run_stage(bench.original, root / "original", seed, manifests[seed], bench.overrides)
+            run_stage(original)
     report: dict[str, Any] = {"benchmark": bench.name, "seeds": seeds, "methods": {}}
     for method in bench.methods:
         if method.key not in grids:
             continue
         rows = []
         for i, point in enumerate(grid_points(grids[method.key])):
-            flags = [str(x) for kv in point.items() for x in kv]
             per_seed: dict[str, dict[str, Any]] = {}
             for seed in seeds:
-                root = out / f"seed_{seed}"
-                stage = root / method.folder / f"point_{i}"
-                fit = fit_stage(
-                    method.config,
-                    stage,
-                    seed,
-                    manifests[seed],
-                    [*bench.overrides, *method.overrides, *flags],
-                    root / "original" / "checkpoints" / "last.ckpt",
-                )
+                root = out / f"seed_{seed}" / method.folder / f"point_{i}"
+                stage = bench.stage(method.key, seed, root=root, extra=point_overrides(point))
+                fit = stage.fit()
                 per_seed[str(seed)] = {
                     "criterion": fit.best_score,
                     # None for a fit refused before its first checkpoint (reported from the
                     # original model, scored +inf)
                     "epoch": _best_epoch(fit.checkpoint)
-                    if fit.checkpoint.is_relative_to(stage)
+                    if fit.checkpoint.is_relative_to(root)
                     else None,
                     "time_s": fit.time_s,
                 }

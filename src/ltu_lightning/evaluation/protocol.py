@@ -1,4 +1,5 @@
-"""The evaluation protocol applied to a model and a split: the metrics of docs/protocol.md in one call."""
+"""The evaluation protocol applied to a model and a split: the metrics of docs/protocol.md in one
+call, for a module in memory or a checkpoint on disk."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from ltu_lightning.evaluation.metrics import loss_auc, per_sample_outputs, unlearning_metrics
+from ltu_lightning.modules.checkpoints import load_backbone_weights
 
 
 @torch.no_grad()
@@ -154,3 +156,15 @@ def verdict(metrics: dict[str, float], reference: dict[str, float] | None = None
     }
     kind = forgetting_verdict(metrics)
     return f"verdict: {kind}: {reason[kind]} ({base})."
+
+
+def evaluate_checkpoint(
+    model: nn.Module, datamodule: Any, ckpt_path: str | None, seed: int = 0
+) -> dict[str, float]:
+    """Load ``ckpt_path`` into ``model.backbone`` (its split checked against the datamodule's
+    manifest) and evaluate it; without a checkpoint, the model's current weights."""
+    datamodule.setup("test")
+    backbone = getattr(model, "backbone", model)
+    if ckpt_path:
+        load_backbone_weights(backbone, ckpt_path, datamodule.manifest_id)
+    return evaluate_unlearning(backbone, datamodule, seed=seed)

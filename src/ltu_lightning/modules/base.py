@@ -15,8 +15,6 @@ from ltu_lightning.errors import LTUError
 from ltu_lightning.modules.checkpoints import SPLIT_KEY
 from ltu_lightning.networks import Backbone
 
-OVERWRITE_ARGS = ("--trainer.callbacks+=RunFolderGuard", "--trainer.callbacks.overwrite", "true")
-
 
 def monitored_best_score(trainer: L.Trainer, monitor: str | None = None) -> float | None:
     """Best score of the trainer's first checkpoint callback that monitors ``monitor`` (any
@@ -34,7 +32,7 @@ class RunFolderGuard(L.Callback):
     At fit start (after a resumed checkpoint is loaded, before any step), it refuses a
     ``trainer.default_root_dir`` that holds the original checkpoint, and a ``checkpoints/``
     folder that already holds checkpoints, unless this fit resumes from one of them
-    (``--ckpt_path <dir>/checkpoints/last.ckpt``) or ``overwrite`` is set (``OVERWRITE_ARGS``).
+    (``--ckpt_path <dir>/checkpoints/last.ckpt``) or ``overwrite`` is set.
     Every ``BaseModule`` (pretraining, retraining, unlearning) adds one unless the trainer
     already has one.
     """
@@ -60,7 +58,7 @@ class RunFolderGuard(L.Callback):
             raise LTUError(
                 f"{folder} already holds {', '.join(earlier)} from an earlier run; resume it with "
                 f"--ckpt_path {folder / 'last.ckpt'}, write elsewhere with --trainer.default_root_dir, "
-                f"or replace it with {' '.join(OVERWRITE_ARGS)}"
+                "or replace it with --trainer.callbacks+=RunFolderGuard --trainer.callbacks.overwrite true"
             )
 
 

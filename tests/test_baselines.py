@@ -595,6 +595,8 @@ def test_config_runs_through_the_cli(name, fmnist_original, monkeypatch):
             "fit",
             "--config",
             config,
+            "--config",
+            CONFIGS / "unlearn" / "datasets" / "fmnist5k.yaml",
             *TINY,
         ]
     )

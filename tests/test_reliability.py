@@ -40,6 +40,7 @@ from ltu_lightning.utils.files import atomic_path, write_json_atomic
 
 #: the ``ltu fit`` flags that let a run replace its own folder's checkpoints
 OVERWRITE_ARGS = ("--trainer.callbacks+=RunFolderGuard", "--trainer.callbacks.overwrite", "true")
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

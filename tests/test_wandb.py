@@ -358,7 +358,7 @@ def test_benchmark_logs_grouped_stage_runs_and_a_report(wandb_offline, run_ltu, 
         "seeds": [0],
         "out": str(out),
         "methods": [{"key": "ltu:partial", "config": str(ltu_digits_config(wandb_offline / "ltu.yaml"))}],
-        "overrides": ["--trainer.max_epochs", "2"],
+        "overrides": {"trainer.max_epochs": 2},
     }  # fmt: skip
     (wandb_offline / "bench.yaml").write_text(yaml.safe_dump(bench))
     run_ltu(["benchmark", "--config", wandb_offline / "bench.yaml", "--wandb"])

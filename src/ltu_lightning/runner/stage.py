@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from jsonargparse import Namespace
+from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from ltu_lightning.errors import LTUError, NonFiniteStepError
@@ -94,19 +93,17 @@ class Stage:
         An unlearning stage also gets a ``RunFolderGuard(overwrite=True)`` after the callbacks
         its configs name: the benchmark owns its stage folders and replaces them on a rerun.
         """
-        layers: list[dict[str, Any]] = []
+        cfg = parser.get_defaults()
         for config in self.configs:
             if isinstance(config, Mapping):
-                layers.append(nested(config))
+                cfg = parser.parse_object(nested(config), cfg, _skip_validation=True)
                 continue
-            path = Path(config)
-            if not path.is_file():
+            if not Path(config).is_file():
                 raise LTUError(f"stage config {str(config)!r} does not exist; fix its path")
-            layers.append(yaml.safe_load(path.read_text()) or {})
-        layers += [self.settings(), *(nested(o) for o in self.overrides)]
-        cfg = None
-        for layer in layers:
-            cfg = parser.parse_object(layer, cfg, _skip_validation=True)
+            # what ``--config <path>`` does: a file's own ``config:`` includes resolve next to it
+            ActionConfigFile.apply_config(parser, cfg, "config", str(config))
+        for layer in (self.settings(), *self.overrides):
+            cfg = parser.parse_object(nested(layer), cfg, _skip_validation=True)
         if self.original_ckpt is not None:
             callbacks = [c.as_dict() for c in cfg.trainer.callbacks or []]
             guard = {"trainer": {"callbacks": [*callbacks, REPLACE_RUN_FOLDER]}}

@@ -84,11 +84,14 @@ bench() { "$PYTHON" "$REPO/scripts/bench_step_cost.py" --device "$DEVICE" "$@" "
 for precision in "${PRECISIONS[@]}"; do
   elapsed "Fashion-MNIST ResNet-18 benchmark, $precision"
   echo "## Full Fashion-MNIST, ResNet-18, $precision" >> "$SUMMARY"
-  # one YAML list of quoted strings (an unquoted 100 would parse as a number)
-  EXTRA="\"--data.init_args.root\",\"$FASHION_MNIST_ROOT\",\"--trainer.precision\",\"$precision\""
-  for arg in "${SMALL[@]}"; do EXTRA="$EXTRA,\"$arg\""; done
+  # the YAML's overrides plus the data root, the precision and (dry run) the tiny sizes
+  OVERRIDES=$("$PYTHON" -c 'import json, sys, yaml
+base = yaml.safe_load(open(sys.argv[1]))["overrides"]
+extra = {k.removeprefix("--"): yaml.safe_load(v) for k, v in zip(sys.argv[2::2], sys.argv[3::2])}
+print(json.dumps({**base, **extra}))' "$REPO/scripts/gpu_check/fashion_mnist_resnet18.yaml" \
+    data.init_args.root "$FASHION_MNIST_ROOT" trainer.precision "$precision" "${SMALL[@]}")
   "$PYTHON" -m ltu_lightning benchmark --config "$REPO/scripts/gpu_check/fashion_mnist_resnet18.yaml" \
-    --out "$RUNS/quality_$precision" --overwrite true --overrides+ "[$EXTRA]"
+    --out "$RUNS/quality_$precision" --overwrite true --overrides "$OVERRIDES"
   mkdir -p "$OUT/quality_$precision"
   [ "$RUNS" = "$OUT" ] || cp "$RUNS/quality_$precision"/results.{json,md} "$OUT/quality_$precision/"
   cat "$OUT/quality_$precision/results.md" >> "$SUMMARY"

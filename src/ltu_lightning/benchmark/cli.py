@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
@@ -66,7 +65,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=str, default="runs/benchmark", help="output folder")
     parser.add_argument(
         "--overrides",
-        type=dict[str, Any],
+        type=dict,  # values as written: dict[str, Any] would resolve class specs with defaults
         default={},
         help="config values for every stage, as a map of (dotted) keys, e.g. "
         "'{\"trainer.max_epochs\": 1}'; a method's own overrides come after them and win "

@@ -212,6 +212,9 @@ ROUTES = {
     "evaluate": lambda d, evil, run: ["evaluate", "--config", d.config, "--ckpt_path", evil],
     "resume": lambda d, evil, run: ["fit", "--config", d.config, "--trainer.default_root_dir", run, "--ckpt_path", evil],
     "validate": lambda d, evil, run: ["validate", "--config", d.config, "--ckpt_path", evil],
+    "resume_file_url": lambda d, evil, run: ["fit", "--config", d.config, "--trainer.default_root_dir", run, "--ckpt_path", f"file://{evil}"],
+    "resume_abbreviated_flag": lambda d, evil, run: ["fit", "--config", d.config, "--trainer.default_root_dir", run, "--ckpt", evil],
+    "resume_from_yaml": lambda d, evil, run: ["fit", "--config", d.config, "--trainer.default_root_dir", run, "--config", _file(run.parent, "resume.yaml", f"ckpt_path: {evil}")],
 }  # fmt: skip
 
 
@@ -227,11 +230,13 @@ def test_a_checkpoint_that_would_run_code_is_refused(route, digits, malicious, t
 def test_lightning_resumes_with_weights_only_where_torch_would_not(
     digits, malicious, tmp_path, monkeypatch
 ):
-    """A ``file://`` URL skips both the CLI's pre-check and LightningCLI's own (weights-only)
-    read of the hyperparameters, and reaches the Trainer, which hands ``weights_only=None`` to
-    ``torch.load``; the CLI's ``--weights_only true`` default is what keeps that load safe where
-    torch's own default is off (here: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, or torch < 2.6)."""
+    """A ``file://`` URL skips LightningCLI's own (weights-only) read of the hyperparameters;
+    with the CLI's pre-check (``check_resume_config``) out of the way too, it reaches the
+    Trainer, which hands ``weights_only=None`` to ``torch.load``; the CLI's ``--weights_only
+    true`` default is what keeps that load safe where torch's own default is off (here:
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, or torch < 2.6)."""
     evil, marker = malicious
+    monkeypatch.setattr("ltu_lightning.cli.check_resume_config", lambda config: None)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     with pytest.warns(UserWarning, match="forcing weights_only=False"):
         torch.load(evil, weights_only=None)["payload"].close()  # control: torch would run it

@@ -139,3 +139,75 @@ def test_any_index_file_spec_forgets_exactly_those_indices(forget, seed):
     roles = make_split(targets, 3, spec)
     assert np.array_equal(roles["forget"], np.sort(forget))
     assert not np.isin(forget, roles["holdout_val"]).any()
+
+
+def _moved(roles, role, index, to):
+    """Roles with ``index`` added to role ``to`` (and, for ``remaining``, its orders)."""
+    roles = {r: np.asarray(v).copy() for r, v in roles.items()}
+    roles[to] = np.sort(np.append(roles[to], index))
+    return roles
+
+
+def _forget_all(roles):
+    empty = np.array([], dtype=np.int64)
+    return {**roles, "forget": roles["train"], "remaining": empty, "retain_order": empty, "retain_subset": empty}  # fmt: skip
+
+
+#: corruption -> (edit of the roles, a fragment of the one error line)
+CORRUPTIONS = {
+    "forget_overlaps_holdout": (lambda r: _moved(r, "forget", r["holdout_val"][0], "forget"), "forget and holdout_val share 1 index"),
+    "negative_index": (lambda r: {**r, "forget": np.append(r["forget"], -1)}, "forget has 1 index (e.g. [-1]) out of range"),
+    "duplicate_index": (lambda r: {**r, "forget": np.sort(np.append(r["forget"], r["forget"][0]))}, "forget lists 1 index"),
+    "forget_inside_remaining": (lambda r: _moved(r, "forget", r["remaining"][0], "forget"), "forget and remaining share 1 index"),
+    "empty_forget": (lambda r: {**r, "forget": np.array([], dtype=np.int64)}, "forget is empty (0 indices)"),
+    "forget_is_the_whole_train_set": (_forget_all, "forget is the whole train set (800 indices): nothing would remain"),
+    "holdout_inside_train": (lambda r: _moved(r, "train", r["holdout_audit"][0], "train"), "train and holdout_audit share 1 index"),
+    "remaining_misses_a_sample": (lambda r: {**r, "remaining": r["remaining"][1:]}, "remaining is not train minus forget (1 index"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_an_edited_manifest_is_refused_even_with_a_recomputed_id(case, tmp_path):
+    """Each corruption, with ``manifest_id`` recomputed to match the edit (so the id check
+    alone would pass) and with the old id (an edit without it), is refused in one line naming
+    the role and the count."""
+    edit, expected = CORRUPTIONS[case]
+    roles, spec = split(seed=1)
+    path = tmp_path / "m.json"
+    SplitManifest("toy", "abc", spec.describe(), roles).save(path)
+    data = json.loads(path.read_text())
+    edited = {r: np.asarray(v, dtype=np.int64) for r, v in edit(roles).items()}
+    data["roles"] = {r: v.tolist() for r, v in edited.items()}
+    path.write_text(json.dumps(data))  # the old id: "was edited", with what is wrong
+    with pytest.raises(LTUError, match="was edited") as stale:
+        SplitManifest.load(path)
+    assert expected in str(stale.value) and "\n" not in str(stale.value)
+    data["manifest_id"] = SplitManifest("toy", "abc", spec.describe(), edited).manifest_id
+    path.write_text(json.dumps(data))
+    with pytest.raises(LTUError, match="is invalid") as recomputed:
+        SplitManifest.load(path)
+    assert expected in str(recomputed.value) and "\n" not in str(recomputed.value)
+
+
+def test_a_manifest_without_its_id_or_with_indices_past_the_pool_is_refused(tmp_path):
+    roles, spec = split(seed=1)
+    path = tmp_path / "m.json"
+    manifest = SplitManifest("toy", "abc", spec.describe(), roles)
+    manifest.save(path)
+    SplitManifest.load(path).check(path, pool_size=len(TARGETS))  # the manifest as written
+    with pytest.raises(LTUError, match="out of range") as err:
+        SplitManifest.load(path).check(path, pool_size=int(roles["train"].max()))
+    assert "(valid: 0.." in str(err.value)
+    data = json.loads(path.read_text())
+    del data["manifest_id"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(LTUError, match="has no manifest_id, so its indices cannot be trusted"):
+        SplitManifest.load(path)
+
+
+def test_a_forget_index_file_naming_the_whole_pool_says_so():
+    spec = SplitSpec(holdout=0.2, forget_fraction=None, forget_indices=tuple(range(len(TARGETS))))
+    with pytest.raises(
+        LTUError, match="names 1000 of the 1000 pool samples: nothing would be left"
+    ):
+        make_split(TARGETS, 10, spec)

@@ -9,7 +9,6 @@ metrics; ``ltu benchmark`` and ``ltu tune`` run the stages of a benchmark YAML.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -31,10 +30,13 @@ from ltu_lightning.benchmark.cli import (
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.metrics import avg_gap
 from ltu_lightning.evaluation.protocol import evaluate_checkpoint, forgetting_verdict, verdict
-from ltu_lightning.modules.checkpoints import load_checkpoint
+from ltu_lightning.modules.base import RunFolderGuard
+from ltu_lightning.modules.checkpoints import check_resume_config
 from ltu_lightning.runner.lightning import ProjectCLI
 from ltu_lightning.tracking import update_wandb_summary
+from ltu_lightning.utils.arguments import check_arguments
 from ltu_lightning.utils.files import write_json_atomic
+from ltu_lightning.utils.run_lock import RunLock
 
 #: LightningCLI's subcommands: they load ``--ckpt_path`` (resume, evaluation) through Lightning
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -44,8 +46,6 @@ TOOL_SUBCOMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], None], str]
     "tune": (build_tune_parser, tune_main, TUNE_HELP),
 }
 EVALUATE_HELP = "Evaluate a checkpoint with the protocol's metrics (UA, RA, TA, MIA, Avg.Gap)."
-#: ``--ckpt_path`` values Lightning resolves itself (``registry:<name>`` included)
-CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
 # tests and notebooks call ``main(args)`` in a process that has its own sys.argv
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
@@ -72,7 +72,10 @@ class LTUCLI(ProjectCLI):
 
     # benchmark and tune build their stages themselves: no seed, model, data or trainer here
     def _parse_ckpt_path(self) -> None:
-        if self.config.get("subcommand") in TRAINER_SUBCOMMANDS:
+        """Check ``ckpt_path`` (however given) before LightningCLI reads its hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        if subcommand in TRAINER_SUBCOMMANDS:
+            check_resume_config(self.config.get(subcommand))
             super()._parse_ckpt_path()
 
     def _set_seed(self) -> None:
@@ -92,8 +95,13 @@ class LTUCLI(ProjectCLI):
             TOOL_SUBCOMMANDS[subcommand][1](self.config[subcommand])
         elif subcommand == "evaluate":
             self.evaluate()
-        else:
-            super()._run_subcommand(subcommand)
+        else:  # one run at a time per output folder
+            with RunLock(self.trainer.default_root_dir, "--trainer.default_root_dir"):
+                if subcommand == "fit":  # refused before the loggers make their folders
+                    RunFolderGuard.before_fit(
+                        self.trainer, self.model, self.config_init.fit.ckpt_path
+                    )
+                super()._run_subcommand(subcommand)
 
     def evaluate(self) -> None:
         """``ltu evaluate``: print (and with --output write) the metrics of --ckpt_path."""
@@ -159,12 +167,12 @@ def add_evaluate_arguments(parser: LightningArgumentParser) -> None:
 def run(args: list[str]) -> None:
     """Parse ``args`` with the ``ltu`` parser and run the subcommand, with safe checkpoint
     loading for LightningCLI's subcommands."""
+    check_arguments(args[1:])
     if args and args[0] in TRAINER_SUBCOMMANDS:
         # Lightning hands weights_only=None to torch.load, which unpickles URLs (and files under
         # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) with arbitrary code: default to True, a later
         # ``--weights_only false`` (or config key) still wins.
         args = [args[0], "--weights_only", "true", *args[1:]]
-        check_ckpt_path(args[1:])
     LTUCLI(args=args)
     _close_process_group()
 
@@ -177,24 +185,6 @@ def _close_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def check_ckpt_path(args: list[str]) -> None:
-    """Read a ``--ckpt_path`` file the safe way before Lightning does, so that a missing,
-    truncated or code-carrying checkpoint is one clear error instead of a traceback."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    parser.add_argument("--ckpt_path")
-    parser.add_argument("--weights_only")
-    try:
-        given, _ = parser.parse_known_args(args)
-    except argparse.ArgumentError:
-        return  # e.g. a --ckpt_path without a value: LightningCLI's parser says so
-    path = given.ckpt_path
-    if not path or str(given.weights_only).lower() == "false":
-        return
-    if path.split(":")[0] in CKPT_PATH_KEYWORDS or "://" in path:
-        return  # resolved by Lightning itself
-    load_checkpoint(path)
 
 
 def _user_error(err: BaseException | None) -> LTUError | None:

@@ -27,6 +27,7 @@ from ltu_lightning.benchmark.tuning import tune, tuning_markdown
 from ltu_lightning.errors import LTUError
 from ltu_lightning.quiet import quiet_wandb
 from ltu_lightning.tracking import benchmark_group, log_benchmark_to_wandb
+from ltu_lightning.utils.run_lock import RunLock
 
 BENCHMARK_HELP = (
     "Train the original and retrained models, run LTU and the baselines on the same split per "
@@ -120,6 +121,11 @@ def build_tune_parser() -> ArgumentParser:
 
 def benchmark_main(cfg: Namespace) -> None:
     """Run ``ltu benchmark`` from its parsed arguments."""
+    with RunLock(cfg.out, "--out"):  # one benchmark at a time per output folder
+        _run_benchmark(cfg)
+
+
+def _run_benchmark(cfg: Namespace) -> None:
     out = Path(cfg.out)
     if (out / "results.json").exists() and not cfg.overwrite:
         raise LTUError(

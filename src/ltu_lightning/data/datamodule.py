@@ -163,6 +163,7 @@ class UnlearningDataModule(L.LightningDataModule):
         if path is not None and path.exists():
             manifest = SplitManifest.load(path)
             self._check_compatible(manifest, spec, path)
+            manifest.check(path, pool_size=len(self.bundle.pool_targets))
         else:
             roles = make_split(self.bundle.pool_targets, self.bundle.num_classes, spec)
             manifest = SplitManifest(

@@ -161,6 +161,11 @@ def make_split(
         np.asarray(spec.forget_indices, dtype=np.int64) if spec.forget_indices is not None else None
     )
     candidates = np.setdiff1d(pool, fixed_forget) if fixed_forget is not None else pool
+    if candidates.size < 4:  # a holdout of ≥ 2 and a remaining set need the rest of the pool
+        raise LTUError(
+            f"the forget index file names {len(pool) - candidates.size} of the {len(pool)} pool "
+            "samples: nothing would be left for the holdout and the remaining set; forget fewer samples"
+        )
     size = _holdout_size(spec.holdout, len(candidates))
     stratify = targets[candidates] if np.bincount(targets[candidates]).min(initial=0) >= 2 else None
     try:
@@ -250,21 +255,95 @@ class SplitManifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SplitManifest:
+        """Read a manifest and check it (``check_roles``, and its ``manifest_id``): an edited
+        or damaged manifest is refused, never trusted."""
         p = Path(path)
         try:
             data = json.loads(p.read_text())
             roles = {role: np.asarray(data["roles"][role], dtype=np.int64) for role in ROLES}
+            if any(r.ndim != 1 for r in roles.values()):
+                raise ValueError("a role is not a flat list of indices")
             manifest = cls(data["dataset"], data["fingerprint"], data["spec"], roles)
         except FileNotFoundError as err:
             raise LTUError(
                 f"split manifest {str(p)!r} does not exist; run the pretraining stage first or fix the path"
             ) from err
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, OverflowError) as err:
             raise LTUError(
                 f"split manifest {str(p)!r} is not a valid manifest ({err!r}); delete it to make a new split"
             ) from err
-        if data.get("manifest_id") not in (None, manifest.manifest_id):
+        if "manifest_id" not in data:
             raise LTUError(
-                f"split manifest {str(p)!r} was edited: its indices do not match its manifest_id; restore or delete it"
+                f"split manifest {str(p)!r} has no manifest_id, so its indices cannot be trusted; {MANIFEST_FIX}"
             )
+        if data["manifest_id"] != manifest.manifest_id:
+            problem = check_roles(roles)
+            raise LTUError(
+                f"split manifest {str(p)!r} was edited: its indices do not match its manifest_id"
+                f"{f' ({problem})' if problem else ''}; {MANIFEST_FIX}"
+            )
+        manifest.check(p)  # a recomputed manifest_id is not enough
         return manifest
+
+    def check(self, path: str | os.PathLike, pool_size: int | None = None) -> None:
+        """Refuse roles that break the split's rules (``check_roles``), with indices bounded
+        by ``pool_size`` when given; ``path`` is named in the error."""
+        problem = check_roles(self.roles, pool_size)
+        if problem:
+            raise LTUError(f"split manifest {str(path)!r} is invalid: {problem}; {MANIFEST_FIX}")
+
+
+MANIFEST_FIX = "restore the manifest the stage wrote, or delete it to make a new split"
+
+
+#: roles that must hold at least one index
+NON_EMPTY = ("train", "holdout_audit", "holdout_val", "forget", "remaining", "retain_order")
+
+
+def _some(values: np.ndarray) -> str:
+    """``3 indices (e.g. [4, 9, 12])``."""
+    n = len(values)
+    return f"{n} ind{'ex' if n == 1 else 'ices'} (e.g. {values[:3].tolist()})"
+
+
+def check_roles(roles: dict[str, np.ndarray], pool_size: int | None = None) -> str | None:
+    """What is wrong with a split's roles (one phrase naming the role and the count), or None.
+
+    Each role lists unique pool indices in range; ``train``, the two holdout halves are
+    disjoint; ``forget`` ⊂ ``train`` and is not all of it; ``remaining`` = ``train`` \
+    ``forget``; ``retain_order`` orders ``remaining``; ``retain_subset`` ⊂ ``remaining``.
+    """
+    for role in ROLES:
+        idx = roles[role]
+        bad = idx[(idx < 0) | (idx >= pool_size)] if pool_size is not None else idx[idx < 0]
+        if bad.size:
+            valid = f"0..{pool_size - 1}" if pool_size is not None else "≥ 0"
+            return f"{role} has {_some(bad)} out of range (valid: {valid})"
+        uniq, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            return f"{role} lists {_some(uniq[counts > 1])} more than once"
+    train, forget = roles["train"], roles["forget"]
+    if train.size and np.array_equal(np.sort(forget), np.sort(train)):
+        return f"forget is the whole train set ({train.size} indices): nothing would remain"
+    for role in NON_EMPTY:
+        if roles[role].size == 0:
+            return f"{role} is empty (0 indices)"
+    for a, b in (("train", "holdout_audit"), ("train", "holdout_val"), ("holdout_audit", "holdout_val"), ("forget", "holdout_audit"), ("forget", "holdout_val")):  # fmt: skip
+        shared = np.intersect1d(roles[a], roles[b])
+        if shared.size:
+            return f"{a} and {b} share {_some(shared)}"
+    outside = np.setdiff1d(forget, train)
+    if outside.size:
+        return f"forget has {_some(outside)} that are not in train"
+    shared = np.intersect1d(forget, roles["remaining"])
+    if shared.size:
+        return f"forget and remaining share {_some(shared)}"
+    differ = np.setxor1d(roles["remaining"], np.setdiff1d(train, forget))
+    if differ.size:
+        return f"remaining is not train minus forget ({_some(differ)} differ)"
+    if not np.array_equal(np.sort(roles["retain_order"]), roles["remaining"]):
+        return "retain_order is not an ordering of remaining"
+    outside = np.setdiff1d(roles["retain_subset"], roles["remaining"])
+    if outside.size:
+        return f"retain_subset has {_some(outside)} that are not in remaining"
+    return None

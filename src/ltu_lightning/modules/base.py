@@ -3,6 +3,7 @@ and scheduler factories, the split recorded in checkpoints, and a checkpoint cal
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from ltu_lightning.errors import LTUError
-from ltu_lightning.modules.checkpoints import SPLIT_KEY
+from ltu_lightning.errors import LTUError, NonFiniteStepError
+from ltu_lightning.modules.checkpoints import (
+    SPLIT_KEY,
+    check_resume,
+    local_ckpt_path,
+    use_atomic_checkpoints,
+)
 from ltu_lightning.networks import Backbone
 
 
@@ -41,18 +47,35 @@ class RunFolderGuard(L.Callback):
         self.overwrite = overwrite
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        root = Path(trainer.default_root_dir).resolve()
+        self.check(
+            trainer.default_root_dir, getattr(pl_module, "original_ckpt", None), trainer.ckpt_path
+        )
+
+    @classmethod
+    def before_fit(
+        cls, trainer: L.Trainer, module: L.LightningModule, ckpt_path: str | None
+    ) -> None:
+        """The same check before ``trainer.fit`` starts, so that a refused run leaves nothing
+        behind (not even its loggers' folders), with the trainer's guard if it has one."""
+        guard = next((cb for cb in trainer.callbacks if isinstance(cb, cls)), None)
+        if guard is None and isinstance(module, BaseModule) and trainer.checkpoint_callback:
+            guard = cls()  # the one ``BaseModule.configure_callbacks`` will add
+        if guard is not None:
+            path = local_ckpt_path(ckpt_path, trainer.default_root_dir)
+            guard.check(trainer.default_root_dir, getattr(module, "original_ckpt", None), path)
+
+    def check(
+        self, root_dir: str, original: str | None, ckpt_path: str | os.PathLike | None
+    ) -> None:
+        root = Path(root_dir).resolve()
         folder = root / "checkpoints"
-        original = getattr(pl_module, "original_ckpt", None)
         if original is not None and Path(original).resolve().parent in (root, folder):
             raise LTUError(
-                f"trainer.default_root_dir {trainer.default_root_dir!r} holds the original checkpoint "
+                f"trainer.default_root_dir {root_dir!r} holds the original checkpoint "
                 f"{original!r}, which unlearning must never overwrite; pass another --trainer.default_root_dir"
             )
         earlier = sorted(p.name for p in folder.glob("*.ckpt"))
-        resumed = (
-            trainer.ckpt_path is not None and Path(trainer.ckpt_path).resolve().parent == folder
-        )
+        resumed = ckpt_path is not None and Path(ckpt_path).resolve().parent == folder
         if earlier and not (resumed or self.overwrite):
             # not a resume: a fit that writes here would replace these files
             raise LTUError(
@@ -134,7 +157,12 @@ class BaseModule(L.LightningModule):
 
     # ------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.backbone.parameters())
+        try:
+            optimizer = self.optimizer_factory(self.backbone.parameters())
+        except ValueError as err:  # torch.optim checks its arguments (lr < 0, betas, ...)
+            raise LTUError(
+                f"the optimizer refused its arguments ({err}); fix --model.init_args.optimizer.init_args"
+            ) from err
         if self.scheduler_factory is None:
             return optimizer
         return {
@@ -149,6 +177,7 @@ class BaseModule(L.LightningModule):
         epochs where the monitored checkpoint improved."""
         if self._trainer is None or not self.trainer.checkpoint_callback:
             return []
+        use_atomic_checkpoints(self.trainer)
         dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
         common = dict(dirpath=dirpath, enable_version_counter=False, auto_insert_metric_name=False)
         callbacks: list[L.Callback] = [ModelCheckpoint(filename="last", save_top_k=1, **common)]
@@ -162,6 +191,21 @@ class BaseModule(L.LightningModule):
                 ),
             )
         return callbacks
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_resume(self, checkpoint)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse a step on non-finite gradients: the weights, and the last checkpoint, stay good."""
+        if str(self.trainer.precision).startswith("16"):
+            return  # fp16 loss scaling skips such steps by design
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
+        if norms and not torch.isfinite(torch.stack(norms)).all():
+            raise NonFiniteStepError(
+                f"{type(self).__name__} step {self.global_step} produced non-finite gradients and was "
+                "stopped before updating the weights (the last checkpoint is intact); lower the learning rate"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         dm = self.datamodule

@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from ltu_lightning.errors import LTUError, NonFiniteStepError
+from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.metrics import loss_auc, selection_criterion
 from ltu_lightning.modules.base import BaseModule, monitored_best_score
 from ltu_lightning.modules.checkpoints import load_backbone_weights
@@ -197,18 +197,6 @@ class UnlearningModule(BaseModule):
             scheduler = self.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Refuse a step on non-finite gradients: the weights, and the last checkpoint, stay good."""
-        if str(self.trainer.precision).startswith("16"):
-            return  # fp16 loss scaling skips such steps by design
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-        norms = [torch.linalg.vector_norm(g) for g in grads if g is not None]
-        if norms and not torch.isfinite(torch.stack(norms)).all():
-            raise NonFiniteStepError(
-                f"{type(self).__name__} step {self.global_step} produced non-finite gradients and was "
-                "stopped before updating the weights (the last checkpoint is intact); lower the learning rate"
-            )
 
     # ----------------------------------------------------------- checkpoints
     def stateful_helpers(self) -> dict[str, Any]:

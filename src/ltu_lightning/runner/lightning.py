@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
 
 import lightning as L
 from jsonargparse import Namespace
@@ -16,8 +15,7 @@ import ltu_lightning.modules  # noqa: F401  (registers the modules for short cla
 import ltu_lightning.networks  # noqa: F401
 from ltu_lightning import quiet
 from ltu_lightning.callbacks import LoggerSaveConfigCallback, SelectionSummary
-from ltu_lightning.errors import LTUError
-from ltu_lightning.modules.checkpoints import load_checkpoint
+from ltu_lightning.modules.checkpoints import local_ckpt_path
 
 
 class ProjectCLI(LightningCLI):
@@ -60,17 +58,9 @@ class ProjectCLI(LightningCLI):
     # starts from scratch. Our stages write both under ``<default_root_dir>/checkpoints/``.
     def _resolve_ckpt_keyword(self) -> None:
         config = self.config_init[self.subcommand]
-        keyword = config.get("ckpt_path")
-        if keyword not in ("last", "best"):
-            return
-        path = Path(self.trainer.default_root_dir) / "checkpoints" / f"{keyword}.ckpt"
-        if not path.is_file():
-            raise LTUError(
-                f"--ckpt_path {keyword}: there is no {path}; give the path of a checkpoint, or "
-                f"the --trainer.default_root_dir of the run that wrote it"
-            )
-        load_checkpoint(path)  # the same safe read as for an explicit path
-        config["ckpt_path"] = str(path)
+        if config.get("ckpt_path") in ("last", "best"):
+            path = local_ckpt_path(config["ckpt_path"], self.trainer.default_root_dir)
+            config["ckpt_path"] = str(path)
 
     def prepare_run(self, config: Namespace) -> None:
         """Before the trainer runs: W&B loggers ready to start quietly (:mod:`ltu_lightning.quiet`),

@@ -22,10 +22,9 @@ import torch
 from conftest import _run_ltu
 from ltu_lightning.data.splits import SplitManifest
 from ltu_lightning.errors import LTUError
-from ltu_lightning.modules.base import OVERWRITE_ARGS
 from ltu_lightning.modules.checkpoints import SPLIT_KEY, load_checkpoint
 from ltu_lightning.utils.run_lock import OWNER_NAME
-from test_reliability import CONFIGS, QUIET, REPO, _file, digits, user_error  # noqa: F401
+from test_reliability import CONFIGS, OVERWRITE_ARGS, QUIET, REPO, _file, digits, user_error  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

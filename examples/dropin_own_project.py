@@ -4,21 +4,16 @@
 
 Everything above the "unlearning" line is the user's own code, written without ltu_lightning:
 a tiny conv net (``DigitsNet``), a plain LightningModule that trains it (``Classifier``) and a
-LightningDataModule (``DigitsData``) built from scikit-learn's 8x8 digits, which decides itself
-what to forget (every training image of some classes) and which retained images the unlearner
-may see. Two ways to unlearn follow:
+plain LightningDataModule (``DigitsData``: train/val/test of scikit-learn's 8x8 digits). The
+unlearning request: forget every training image of digit 3.
 
-(a) ``unlearn_with_ltu``: ``ltu_lightning.LTUModule`` wraps the trained net unchanged. It needs
-    the data module to follow ``ltu_lightning.UnlearningData``:
+``UnlearningDataModule.wrap(DigitsData(), forget=3)`` builds the unlearning roles from it: the
+forget set, the retained data (and the small retain subset the unlearner may see), and the
+user's validation set as the holdout the original never trained on (half for the membership
+auditors, half to choose the kept epoch). Two ways to unlearn follow:
 
-    - ``train_on = "unlearn"`` while unlearning;
-    - ``train_dataloader()`` yields ``{"forget": (x, y), "retain": (x, y)}`` batches;
-    - ``val_dataloader()`` returns one loader per name in ``val_roles = ("forget", "holdout_val")``;
-    - ``role_dataloader(role)`` serves ``retain_subset`` and ``holdout_audit`` (the membership
-      auditors' members and non-members), ``holdout_val`` (the honest stopping criterion), and
-      ``forget``, ``remaining``, ``test`` for ``ltu_lightning.evaluate_unlearning``;
-    - ``hparams.forget_classes`` names the forgotten classes (class-wise forgetting).
-
+(a) ``unlearn_with_ltu``: ``ltu_lightning.LTUModule`` wraps the trained net unchanged; at the
+    end of ``fit`` the net holds the kept weights (never scored worse than the start).
 (b) ``unlearn_with_harmonizer``: the user's own unlearning LightningModule calls
     ``ltu_lightning.MetaHarmonizer`` from its ``training_step`` (manual optimization): two loss
     closures, support and query halves of each batch, one harmonized LTU step.
@@ -27,7 +22,6 @@ may see. Two ways to unlearn follow:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +33,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ltu_lightning import LTUModule, MetaHarmonizer, evaluate_unlearning
-from ltu_lightning.modules.checkpoints import load_backbone_weights
+from ltu_lightning import LTUModule, MetaHarmonizer, UnlearningDataModule, evaluate_unlearning
 
 Batch = tuple[Tensor, Tensor]
 
@@ -86,70 +79,28 @@ class Classifier(L.LightningModule):
 
 
 class DigitsData(L.LightningDataModule):
-    """scikit-learn's digits, split by this project's own rules into unlearning roles.
+    """scikit-learn's digits: a seeded shuffle into test (20%), val (``val`` images) and train."""
 
-    A seeded shuffle gives ``test`` (20%), a ``holdout`` the original model never trains on
-    (halved into ``holdout_audit`` and ``holdout_val``) and ``train``. ``forget`` is every
-    training image of ``forget_classes``; ``remaining`` the rest of ``train``;
-    ``retain_subset`` the first ``retain_fraction`` of ``remaining``, the only retained
-    images the unlearner may touch. ``train_on`` is ``"train"`` to train the original model
-    and ``"unlearn"`` for unlearning.
-    """
-
-    val_roles = ("forget", "holdout_val")
-    test_roles = ("test", "forget", "remaining")
-
-    def __init__(
-        self,
-        forget_classes: Sequence[int] = (3,),
-        holdout: int = 300,
-        retain_fraction: float = 0.2,
-        batch_size: int = 32,
-        train_on: str = "train",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, val: int = 300, batch_size: int = 32, seed: int = 0) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["train_on"])  # hparams.forget_classes: class-wise
-        self.train_on = train_on
         images, labels = load_digits(return_X_y=True)
-        self.x = torch.tensor(images / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
-        self.y = torch.tensor(labels)
+        x = torch.tensor(images / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
+        y = torch.tensor(labels)
         order = np.random.default_rng(seed).permutation(len(labels))
-        n_test = len(labels) // 5
-        test, held, train = np.split(order, [n_test, n_test + holdout])
-        forgotten = np.isin(labels[train], list(forget_classes))
-        remaining = train[~forgotten]
-        self.roles = {
-            "test": test,
-            "holdout_audit": held[: holdout // 2],
-            "holdout_val": held[holdout // 2 :],
-            "train": train,
-            "forget": train[forgotten],
-            "remaining": remaining,
-            "retain_subset": remaining[: int(retain_fraction * len(remaining))],
-        }
+        test, val_idx, train = np.split(order, [len(labels) // 5, len(labels) // 5 + val])
+        self.train_set, self.val_set, self.test_set = (
+            TensorDataset(x[i], y[i]) for i in (train, val_idx, test)
+        )
+        self.batch_size = batch_size
 
-    def role_dataloader(self, role: str, shuffle: bool = False) -> DataLoader:
-        index = torch.as_tensor(self.roles[role])
-        size = self.hparams.batch_size if shuffle else 512
-        # drop_last: every training batch splits into two non-empty halves
-        dataset = TensorDataset(self.x[index], self.y[index])
-        return DataLoader(dataset, size, shuffle=shuffle, drop_last=shuffle)
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, self.batch_size, shuffle=True)
 
-    def train_dataloader(self) -> Any:
-        if self.train_on == "train":
-            return self.role_dataloader("train", shuffle=True)
-        # Lightning cycles the shorter loader of a dict, so an epoch covers the longer stream.
-        return {
-            "forget": self.role_dataloader("forget", shuffle=True),
-            "retain": self.role_dataloader("retain_subset", shuffle=True),
-        }
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, 512)
 
-    def val_dataloader(self) -> list[DataLoader]:
-        return [self.role_dataloader(role) for role in self.val_roles]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self.role_dataloader(role) for role in self.test_roles]
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, 512)
 
 
 def _trainer(epochs: int, root: str | Path, **kwargs: Any) -> L.Trainer:
@@ -166,7 +117,7 @@ def _trainer(epochs: int, root: str | Path, **kwargs: Any) -> L.Trainer:
 
 
 def train_original(
-    data: DigitsData, epochs: int = 20, root: str | Path = "runs/dropin"
+    data: L.LightningDataModule, epochs: int = 20, root: str | Path = "runs/dropin"
 ) -> nn.Module:
     """The user's usual training: the original model, which has seen the forget set."""
     L.seed_everything(0)
@@ -176,13 +127,19 @@ def train_original(
 
 
 # ------------------------------------------------------------------------------ unlearning
+def unlearning_data(data: L.LightningDataModule, forget: int = 3) -> UnlearningDataModule:
+    """The unlearning roles of the user's data module: forget every training image of class
+    ``forget``; the user's validation set is the holdout; the unlearner may see 20% of the rest."""
+    return UnlearningDataModule.wrap(data, forget=forget, retain_fraction=0.2, batch_size=32)
+
+
 def _sgd_2e3(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=2e-3, momentum=0.9)
 
 
 def unlearn_with_ltu(
     original: nn.Module,
-    data: DigitsData,
+    data: UnlearningDataModule,
     epochs: int = 10,
     root: str | Path = "runs/dropin",
     **ltu_args: Any,
@@ -191,19 +148,18 @@ def unlearn_with_ltu(
 
     The forgotten classes must disappear (a retrained model never saw them), so the
     ``random_label`` forgetting loss replaces LTU's default membership loss, which targets
-    random forgetting. LTU's default outer lr (8e-3) was tuned for that membership loss; with
+    random forgetting. LTU's default outer lr was tuned for that membership loss; with
     random labels a class goes out fast and a smaller step keeps the other classes (the
-    class-wise table of docs/benchmarks.md), so this example passes its own optimizer. With
-    checkpointing on (the default), the honest criterion keeps the best epoch in
-    ``<root>/ltu/checkpoints/best.ckpt``; its weights are loaded back.
+    class-wise table of docs/benchmarks.md), so this example passes its own optimizer. The
+    number of classes is read from the net's output. At the end of ``fit`` the net holds the
+    epoch the honest criterion kept (also saved as ``<root>/ltu/checkpoints/best.ckpt``,
+    which ``ltu_lightning.load_unlearned_weights`` reads back in a later session).
     """
     L.seed_everything(0)
     net = copy.deepcopy(original)
     ltu_args.setdefault("optimizer", _sgd_2e3)
-    module = LTUModule(net, num_classes=10, forget_loss="random_label", **ltu_args)
-    trainer = _trainer(epochs, Path(root) / "ltu")
-    trainer.fit(module, data)
-    load_backbone_weights(net, trainer.checkpoint_callback.best_model_path, manifest_id=None)
+    module = LTUModule(net, forget_loss="random_label", **ltu_args)
+    _trainer(epochs, Path(root) / "ltu").fit(module, data)
     return net
 
 
@@ -261,7 +217,10 @@ class HarmonizedUnlearner(L.LightningModule):
 
 
 def unlearn_with_harmonizer(
-    original: nn.Module, data: DigitsData, epochs: int = 5, root: str | Path = "runs/dropin"
+    original: nn.Module,
+    data: UnlearningDataModule,
+    epochs: int = 5,
+    root: str | Path = "runs/dropin",
 ) -> nn.Module:
     """(b) Run ``HarmonizedUnlearner`` for a fixed budget; returns the unlearned copy."""
     L.seed_everything(0)
@@ -271,7 +230,7 @@ def unlearn_with_harmonizer(
 
 
 # ------------------------------------------------------------------------------ reporting
-def accuracies(model: nn.Module, data: DigitsData) -> dict[str, float]:
+def accuracies(model: nn.Module, data: UnlearningDataModule) -> dict[str, float]:
     """Forget-set and test accuracy (percent), the latter split by forgotten/remaining class."""
     metrics = evaluate_unlearning(model, data)
     return {
@@ -283,8 +242,9 @@ def accuracies(model: nn.Module, data: DigitsData) -> dict[str, float]:
 
 def main() -> None:
     torch.set_num_threads(1)  # a tiny net: one thread is as fast, and immune to busy CPUs
-    original = train_original(DigitsData(train_on="train"))
-    data = DigitsData(train_on="unlearn")
+    users_data = DigitsData()
+    original = train_original(users_data)
+    data = unlearning_data(users_data)
     rows = {
         "original": accuracies(original, data),
         "LTUModule": accuracies(unlearn_with_ltu(original, data), data),

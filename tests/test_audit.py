@@ -378,7 +378,14 @@ def test_random_label_never_true_resampled_and_seeded():
 
 
 def test_make_forget_loss_factory_and_errors(overfit):
-    assert set(FORGET_LOSSES) == {"mi", "mi_hinge", "neg_ce", "random_label", "uniform_kl"}
+    assert set(FORGET_LOSSES) == {
+        "mi",
+        "mi_match",
+        "mi_hinge",
+        "neg_ce",
+        "random_label",
+        "uniform_kl",
+    }
     assert isinstance(make_forget_loss("neg_ce", 5), NegCELoss)
     assert isinstance(make_forget_loss("random_label", 5, seed=1), RandomLabelLoss)
     assert isinstance(make_forget_loss("uniform_kl", 5), UniformKLLoss)
@@ -387,7 +394,8 @@ def test_make_forget_loss_factory_and_errors(overfit):
     with pytest.raises(LTUError, match="'mi_hinge'.*auditors"):
         make_forget_loss("mi_hinge", 5)
     with pytest.raises(
-        LTUError, match="'gradient_ascent'.*mi, mi_hinge, neg_ce, random_label, uniform_kl"
+        LTUError,
+        match="'gradient_ascent'.*mi, mi_match, mi_hinge, neg_ce, random_label, uniform_kl",
     ):
         make_forget_loss("gradient_ascent", 5)
     with pytest.raises(LTUError, match="'mi'.*auditors"):

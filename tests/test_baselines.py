@@ -162,7 +162,9 @@ def test_baseline_unlearns_from_the_original_checkpoint(cls, original):
     _, ckpt, state = original
     digest = _sha(ckpt)
     model, trainer, _, out = _fit(cls, original, f"shared_{cls.__name__}")
-    after = model.backbone.state_dict()
+    # the last epoch's weights (the network itself holds the kept ones, the start if it won)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    after = {k: last[f"backbone.{k}"] for k in state}
     assert any(not torch.equal(after[k], state[k]) for k in state), "no weight moved"
     assert _sha(ckpt) == digest, "the original checkpoint was modified"
     assert (out / "checkpoints" / "best.ckpt").is_file()
@@ -267,7 +269,8 @@ def test_invalid_arguments_are_refused(cls, kwargs):
 
 # ------------------------------------------------------------------ method-specific
 def test_gradient_ascent_increases_the_forget_loss(original):
-    model, _, dm, _ = _fit(GradientAscent, original, "ga_up", lr=0.05, epochs=1)
+    # budget: the network keeps the step's weights (under "criterion" it may keep the start)
+    model, _, dm, _ = _fit(GradientAscent, original, "ga_up", lr=0.05, epochs=1, stop_rule="budget")
     before_model = _backbone()
     before_model.load_state_dict(original[2])
     before, after = _forget_ce(before_model, dm), _forget_ce(model.backbone, dm)
@@ -327,7 +330,13 @@ def test_random_label_trains_on_wrong_labels(original):
 def test_salun_updates_only_the_salient_weights(original):
     _, ckpt, state = original
     model, _, dm, _ = _fit(
-        SalUn, original, "salun_mask", sparsity=0.3, weight_decay=5e-3, batches=3
+        SalUn,
+        original,
+        "salun_mask",
+        sparsity=0.3,
+        weight_decay=5e-3,
+        batches=3,
+        stop_rule="budget",  # the network keeps the last step's weights, not a selection
     )
     masks = model.masks()
     n_total = sum(m.numel() for m in masks.values())
@@ -530,7 +539,9 @@ def test_unlearning_runs_in_the_trainers_precision(original, cls, kwargs, precis
 
 def test_ltu_kd_fit_distills_the_original_and_keeps_it_frozen(original):
     _, _, state = original
-    model, trainer, _, _ = _fit(LTUModule, original, "ltu_kd", remember_loss="kd", epochs=1)
+    model, trainer, _, _ = _fit(
+        LTUModule, original, "ltu_kd", remember_loss="kd", epochs=1, stop_rule="budget"
+    )
     teacher = model.teacher.state_dict()
     for k, v in state.items():
         assert torch.equal(teacher[k], v), k

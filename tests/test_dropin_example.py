@@ -1,5 +1,6 @@
-"""examples/dropin_own_project.py: a user's own net and data module, unlearned by LTUModule and
-by MetaHarmonizer in the user's own training_step (tiny size)."""
+"""examples/dropin_own_project.py: a user's own net and plain data module, adapted by
+UnlearningDataModule.wrap and unlearned by LTUModule and by MetaHarmonizer in the user's own
+training_step (tiny size)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ def _isolated():
 def setting(tmp_path_factory):
     """The user's original model (8 epochs), its unlearning data and its accuracies."""
     root = tmp_path_factory.mktemp("dropin")
-    original = ex.train_original(ex.DigitsData(train_on="train"), epochs=8, root=root)
-    data = ex.DigitsData(train_on="unlearn")
+    users = ex.DigitsData()
+    original = ex.train_original(users, epochs=8, root=root)
+    data = ex.unlearning_data(users)
     return root, original, data, ex.accuracies(original, data)
 
 
@@ -56,34 +58,35 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_the_example_uses_only_its_own_data_and_model():
+def test_the_example_uses_only_its_own_data_and_model_and_the_public_api():
     imported = {
         node.module if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(ast.parse(EXAMPLE.read_text()))
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
-    assert not {
-        m for m in imported if m.startswith(("ltu_lightning.data", "ltu_lightning.networks"))
-    }
-    assert "UnlearningDataModule" not in EXAMPLE.read_text()
+    assert not {m for m in imported if m.startswith("ltu_lightning.")}
+    assert not hasattr(ex.DigitsData(), "role_dataloader")  # a plain LightningDataModule
 
 
-def test_the_users_data_module_follows_the_protocol_with_disjoint_roles():
-    data = ex.DigitsData(train_on="unlearn")
+def test_the_adapted_roles_of_the_users_data_module_are_disjoint():
+    users = ex.DigitsData()
+    data = ex.unlearning_data(users)
     assert isinstance(data, UnlearningData)
-    roles = {k: set(v.tolist()) for k, v in data.roles.items()}
+    data.setup()
+    roles = {r: set(data.role_indices(r).tolist()) for r in data.manifest.roles}
     assert roles["forget"] | roles["remaining"] == roles["train"]
     assert not roles["forget"] & roles["remaining"]
     assert roles["retain_subset"] < roles["remaining"]
     held = roles["holdout_audit"] | roles["holdout_val"]
-    assert not held & roles["train"] and not held & roles["test"]
-    assert set(data.y[data.roles["forget"]].tolist()) == {3}
+    assert not held & roles["train"] and len(held) == len(users.val_set)
+    assert set(data.role_targets("forget").tolist()) == {3}
     for role in (*FIT_ROLES, *EVALUATE_ROLES):
         x, y = next(iter(data.role_dataloader(role)))
         assert x.shape[1:] == (1, 8, 8) and len(y) == len(x) > 0
-    batch = next(iter(data.train_dataloader()["forget"]))
-    assert len(batch[1]) == data.hparams.batch_size
+    data.train_on = "unlearn"
+    batch = next(iter(data.train_dataloader()))[0]
+    assert set(batch) == {"forget", "retain"}
 
 
 def test_ltu_module_unlearns_the_users_net(setting):

@@ -63,7 +63,9 @@ def _model(seed: int = 0, norm: bool = False) -> nn.Module:
 
 
 def _run(model: nn.Module, batches: list[Batch], **kwargs) -> tuple[Tensor, dict[str, float]]:
-    """One step with SGD(lr=1); returns the gradient written into .grad (flattened) and stats."""
+    """One step with SGD(lr=1); returns the gradient written into .grad (flattened) and stats.
+    The step is the exact one of the formulas: the trust region is off unless a test sets it."""
+    kwargs.setdefault("max_step", None)
     before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     s_r, q_r, s_f, q_f = batches

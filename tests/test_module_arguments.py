@@ -25,7 +25,7 @@ LTU = CONFIGS / "unlearn" / "ltu_fmnist5k.yaml"
 #: every switch of LTUModule and the choices its help must list
 CHOICES = {
     "remember_loss": "{ce,kd,ce_kd}",
-    "forget_loss": "{mi,mi_hinge,neg_ce,random_label,uniform_kl}",
+    "forget_loss": "{mi,mi_match,mi_hinge,neg_ce,random_label,uniform_kl}",
     "stop_rule": "{criterion,budget,audit}",
     "meta_order": "{1,2}",
     "harmonization": "{symmetric,protect_remember,none}",

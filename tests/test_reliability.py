@@ -413,7 +413,8 @@ def test_a_fit_refused_before_its_first_checkpoint_is_reported_from_its_start(di
     """The benchmark goes on: the method-seed is flagged failed and evaluated from the original
     (no epoch of its own finished); a user error is still raised, not hidden as a failure."""
     root = tmp_path / "ltu"
-    blow_up = {"model.init_args.inner_lr": 1e38}  # the first fast weights overflow
+    # the first fast weights overflow (with the trust region off, which would cap the step)
+    blow_up = {"model.init_args.inner_lr": 1e38, "model.init_args.max_step": None}
     stage = Stage((digits.config,), root, 0, digits.manifest, (blow_up,), digits.original)
     result = run_stage(stage)
     saved = json.loads((root / "metrics.json").read_text())

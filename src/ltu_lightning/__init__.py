@@ -2,14 +2,18 @@
 
 The public API, for use in a user's own Lightning project:
 
-- data: ``UnlearningDataModule`` (datasets by name, the saved split, a loader per role) and
-  ``UnlearningData``, the protocol a user's own data module follows instead;
+- data: ``UnlearningDataModule`` (datasets by name, the saved split, a loader per role; a
+  user's own datasets through ``UnlearningDataModule.from_split`` and a user's own
+  ``LightningDataModule`` through ``UnlearningDataModule.wrap``) and ``UnlearningData``, the
+  protocol a hand-written data module follows instead;
 - LightningModules: ``ClassifierModule`` (original model and retrain), ``LTUModule``, the
   baselines ``FineTune``, ``GradientAscent``, ``RandomLabel``, ``NegGradPlus``, ``L1Sparse``,
   ``SalUn``, ``SCRUB``, ``BadTeacher``, and their base ``UnlearningModule``;
 - plain-torch LTU parts: ``MetaHarmonizer`` (one LTU step inside any ``training_step``),
   ``harmonize``, ``AuditorEnsemble`` and ``make_forget_loss``;
-- ``evaluate_unlearning`` (the protocol's metrics), ``LTUError``, ``__version__``.
+- ``evaluate_unlearning`` (the protocol's metrics), ``load_unlearned_weights`` (a network's
+  weights from a checkpoint), ``RunFolderGuard`` (refuses to overwrite earlier runs),
+  ``LTUError``, ``__version__``.
 
 Each name is imported on first use (PEP 562): ``import ltu_lightning``, which also runs first
 for every ``ltu_lightning.<submodule>`` import, stays cheap and does not load torch or Lightning.
@@ -39,6 +43,7 @@ __all__ = [
     "MetaHarmonizer",
     "NegGradPlus",
     "RandomLabel",
+    "RunFolderGuard",
     "SalUn",
     "UnlearningData",
     "UnlearningDataModule",
@@ -46,6 +51,7 @@ __all__ = [
     "__version__",
     "evaluate_unlearning",
     "harmonize",
+    "load_unlearned_weights",
     "make_forget_loss",
 ]
 
@@ -70,6 +76,8 @@ _SOURCES = {
     "make_forget_loss": "ltu_lightning.audit.forget_losses",
     "evaluate_unlearning": "ltu_lightning.evaluation.protocol",
     "LTUError": "ltu_lightning.errors",
+    "RunFolderGuard": "ltu_lightning.modules.base",
+    "load_unlearned_weights": "ltu_lightning.modules.checkpoints",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports lazily
@@ -79,6 +87,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from ltu_lightning.data.protocol import UnlearningData
     from ltu_lightning.errors import LTUError
     from ltu_lightning.evaluation.protocol import evaluate_unlearning
+    from ltu_lightning.modules.base import RunFolderGuard
     from ltu_lightning.modules.baselines import (
         SCRUB,
         BadTeacher,
@@ -89,6 +98,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         RandomLabel,
         SalUn,
     )
+    from ltu_lightning.modules.checkpoints import load_unlearned_weights
     from ltu_lightning.modules.classifier import ClassifierModule
     from ltu_lightning.modules.ltu import LTUModule
     from ltu_lightning.modules.unlearning import UnlearningModule

@@ -27,7 +27,7 @@ from ltu_lightning.benchmark.cli import (
     build_tune_parser,
     tune_main,
 )
-from ltu_lightning.errors import LTUError
+from ltu_lightning.errors import CLI_ACTIVE, LTUError
 from ltu_lightning.evaluation.metrics import avg_gap
 from ltu_lightning.evaluation.protocol import evaluate_checkpoint, forgetting_verdict, verdict
 from ltu_lightning.modules.base import RunFolderGuard
@@ -200,6 +200,7 @@ def _user_error(err: BaseException | None) -> LTUError | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ltu`` console script: user errors become one line and exit code 2."""
+    token = CLI_ACTIVE.set(True)  # errors name CLI flags
     try:
         run(sys.argv[1:] if argv is None else argv)
     except Exception as err:
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        CLI_ACTIVE.reset(token)
 
 
 #: the distribution whose ``lightning`` console script :func:`lightning_main` is

@@ -143,6 +143,8 @@ class AuditorEnsemble(nn.Module):
         # Per auditor, the median member-logit of the non-members it was fitted on: the level
         # at which a sample "looks like unseen data" (the ``mi_hinge`` forgetting loss).
         self.register_buffer("nonmember_level", torch.zeros(num_auditors))
+        # Per auditor, the mean member-logit of those non-members (the ``mi_match`` target).
+        self.register_buffer("nonmember_mean", torch.zeros(num_auditors))
         self._is_fitted = False  # host mirror of the buffer: no device sync per step
         for k, auditor in enumerate(self.auditors):
             _seeded_init_(auditor, torch.Generator().manual_seed(self._auditor_seed(k)))
@@ -176,6 +178,7 @@ class AuditorEnsemble(nn.Module):
         # Ensembles saved before ``nonmember_level`` existed load with the level at logit 0
         # (P(member) = 0.5); only the ``mi_hinge`` loss reads it.
         state_dict.setdefault(prefix + "nonmember_level", torch.zeros_like(self.nonmember_level))
+        state_dict.setdefault(prefix + "nonmember_mean", torch.zeros_like(self.nonmember_mean))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> AuditorEnsemble:
@@ -237,8 +240,9 @@ class AuditorEnsemble(nn.Module):
                     loss.backward()
                     opt.step()
                 with torch.no_grad():
-                    level = auditor(xn[:, self._columns[k]].to(auditor.mean.dtype)).median()
-                    self.nonmember_level[k] = level.to(self.nonmember_level.dtype)
+                    scores = auditor(xn[:, self._columns[k]].to(auditor.mean.dtype))
+                    self.nonmember_level[k] = scores.median().to(self.nonmember_level.dtype)
+                    self.nonmember_mean[k] = scores.mean().to(self.nonmember_mean.dtype)
             self.fitted.fill_(True)
             self._is_fitted = True
         self._freeze()

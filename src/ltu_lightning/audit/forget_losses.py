@@ -25,7 +25,7 @@ from ltu_lightning.errors import LTUError
 from ltu_lightning.utils.generators import OwnGenerator
 
 #: The names of the forgetting losses (the ``forget_loss`` switch)
-ForgetLossName = Literal["mi", "mi_hinge", "neg_ce", "random_label", "uniform_kl"]
+ForgetLossName = Literal["mi", "mi_match", "mi_hinge", "neg_ce", "random_label", "uniform_kl"]
 FORGET_LOSSES: tuple[str, ...] = get_args(ForgetLossName)
 
 
@@ -66,6 +66,27 @@ class MIHingeLoss(MILoss):
         return F.relu(F.softplus(member) - F.softplus(level)).mean()
 
 
+class MIMatchLoss(MILoss):
+    """Move the forget samples' membership scores to the non-member level, from either side.
+
+    ``mean_k huber(mean_i M_k(x_i) − μ_k)`` with ``μ_k`` auditor k's mean member-logit on the
+    non-members it was fitted on (``AuditorEnsemble.nonmember_mean``): the batch's mean score
+    is matched to unseen data's. Under-forgetting (D_f scored more member-like than unseen
+    data) and over-forgetting (scored *less* member-like, which a retrained model never shows)
+    cost the same, and a batch already at the level is left alone (zero loss and gradient),
+    so a start with nothing to forget is barely moved. The Huber loss (δ = 1) keeps the
+    gradient bounded, like ``mi``'s, far from the level.
+    """
+
+    name = "mi_match"
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        member = self.ensemble.member_logits(logits, targets)
+        level = self.ensemble.nonmember_mean.to(member.dtype)
+        gap = member.mean(dim=1) - level
+        return F.huber_loss(gap, torch.zeros_like(gap), delta=1.0)
+
+
 class NegCELoss:
     """``-CE(logits, targets)``: gradient ascent on the forget samples.
 
@@ -95,14 +116,22 @@ class RandomLabelLoss(OwnGenerator):
 
     name = "random_label"
 
-    def __init__(self, num_classes: int, seed: int = 0) -> None:
+    def __init__(self, num_classes: int | None, seed: int = 0) -> None:
+        self.num_classes: int | None = None
+        if num_classes is not None:
+            self.set_num_classes(num_classes)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def set_num_classes(self, num_classes: int) -> None:
+        """Set C (the unlearning modules infer it from the network's output width)."""
         if not isinstance(num_classes, int) or num_classes < 2:
             raise LTUError(f"random_label needs num_classes >= 2, got {num_classes!r}")
         self.num_classes = num_classes
-        self.generator = torch.Generator().manual_seed(seed)
 
     def sample_labels(self, targets: Tensor) -> Tensor:
         """Draw one wrong label per target (advances the generator)."""
+        if self.num_classes is None:
+            raise LTUError("random_label does not know num_classes yet: pass num_classes")
         shift = self.randint_share(1, self.num_classes, tuple(targets.shape))
         return (targets.cpu().long() + shift).remainder(self.num_classes).to(targets.device)
 
@@ -125,28 +154,28 @@ class UniformKLLoss:
         return (-math.log(c) - log_p.mean(dim=1)).mean()
 
 
-ForgetLoss = MILoss | MIHingeLoss | NegCELoss | RandomLabelLoss | UniformKLLoss
+ForgetLoss = MILoss | MIMatchLoss | MIHingeLoss | NegCELoss | RandomLabelLoss | UniformKLLoss
 
 
 def make_forget_loss(
     name: str,
-    num_classes: int,
+    num_classes: int | None,
     auditors: AuditorEnsemble | None = None,
     seed: int = 0,
 ) -> ForgetLoss:
     """Build the forgetting loss named by the ``forget_loss`` switch.
 
-    ``auditors`` is required for ``"mi"`` (fitted before the first call); ``seed`` feeds
-    ``random_label``'s generator.
+    ``auditors`` is required for the ``mi`` losses (fitted before the first call); ``seed``
+    feeds ``random_label``'s generator (``num_classes`` may be None there and set later).
     """
     if name not in FORGET_LOSSES:
         raise LTUError(f"unknown forget_loss {name!r}: choose from {', '.join(FORGET_LOSSES)}")
-    if name in ("mi", "mi_hinge"):
+    if name in ("mi", "mi_match", "mi_hinge"):
         if auditors is None:
             raise LTUError(
                 f"forget_loss {name!r} needs membership auditors: pass auditors=AuditorEnsemble(...)"
             )
-        return MIHingeLoss(auditors) if name == "mi_hinge" else MILoss(auditors)
+        return {"mi": MILoss, "mi_match": MIMatchLoss, "mi_hinge": MIHingeLoss}[name](auditors)
     if name == "neg_ce":
         return NegCELoss()
     if name == "random_label":

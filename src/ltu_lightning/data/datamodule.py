@@ -12,6 +12,7 @@ import numpy as np
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from ltu_lightning.data.adapters import Forget, forget_arguments, loader_dataset, user_bundle
 from ltu_lightning.data.datasets import DatasetBundle, load_dataset
 from ltu_lightning.data.splits import (
     ROLES,
@@ -60,7 +61,8 @@ class EpochShuffleSampler(RandomSampler):
 
 
 class UnlearningDataModule(L.LightningDataModule):
-    """Datasets by name, the data roles of docs/protocol.md, and their dataloaders.
+    """Datasets by name (or the user's own, see :meth:`from_split` and :meth:`wrap`), the data
+    roles of docs/protocol.md, and their dataloaders.
 
     Args:
         dataset: ``fmnist5k`` (embedded default), ``mnist5k``, ``digits``, ``cifar10``, ``cifar100``,
@@ -127,12 +129,108 @@ class UnlearningDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.bundle: DatasetBundle | None = None
         self.manifest: SplitManifest | None = None
+        # set by from_split/wrap: the user's datasets, their fixed holdout and forget indices
+        self._user_bundle: DatasetBundle | None = None
+        self._holdout_indices: np.ndarray | None = None
+        self._forget_indices: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------- adapters
+    @classmethod
+    def from_split(
+        cls,
+        train: Dataset,
+        test: Dataset,
+        forget: Forget,
+        holdout: Dataset | float = 0.2,
+        num_classes: int | None = None,
+        name: str = "custom",
+        **kwargs: Any,
+    ) -> UnlearningDataModule:
+        """The unlearning roles of a user's own datasets of ``(x, y)`` items (any tensors:
+        tabular rows, sequences, images), with the same split manifest, seeds and refusals as
+        the named datasets. Items reach the model unchanged (no transform is added).
+
+        Args:
+            train: the training set the original model was (or will be) trained on.
+            test: the test set (reported as TA, never used to choose anything).
+            forget: what to forget: training-set indices, a boolean mask over ``train``, a
+                class id (``int``: every training sample of that class) or a fraction (``float``,
+                drawn with ``seed``).
+            holdout: data the original model never trained on (a dataset, e.g. the user's
+                validation set), or a count/fraction of ``train`` to set aside (then the
+                original must be trained through this data module, ``train_on="train"``,
+                which leaves the holdout out). Halved into the auditors' non-members and the
+                validation half that selects the kept epoch.
+            num_classes: number of classes (default: the largest label + 1).
+            name: the dataset's name in the manifest and checkpoints.
+            kwargs: the other arguments of :class:`UnlearningDataModule` (``seed``,
+                ``retain_fraction``, ``train_on`` (default ``"unlearn"``), ``access``,
+                ``batch_size``, ``manifest_path``, ...).
+        """
+        given = isinstance(holdout, Dataset)
+        bundle, holdout_idx = user_bundle(
+            name, train, test, holdout if given else None, num_classes
+        )
+        kwargs.setdefault("train_on", "unlearn")
+        args = forget_arguments(forget, len(train))  # type: ignore[arg-type]
+        indices = args.pop("forget_indices", None)
+        size = len(holdout_idx) if holdout_idx is not None else holdout
+        dm = cls(dataset=name, holdout=size, **args, **kwargs)  # type: ignore[arg-type]
+        dm._user_bundle = bundle
+        dm._holdout_indices = holdout_idx
+        dm._forget_indices = indices
+        return dm
+
+    @classmethod
+    def wrap(
+        cls,
+        datamodule: L.LightningDataModule,
+        forget: Forget,
+        holdout: Dataset | float | None = None,
+        **kwargs: Any,
+    ) -> UnlearningDataModule:
+        """The unlearning roles of a user's existing ``LightningDataModule``: its
+        ``train_dataloader()``'s dataset is the training set, its ``test_dataloader()``'s the
+        test set, and by default its ``val_dataloader()``'s the holdout (data the original
+        model never trained on). ``forget``, ``holdout`` and ``kwargs`` are those of
+        :meth:`from_split`. Items come as the user's datasets return them (a training set with
+        random augmentation keeps it in evaluation too: give ``from_split`` plain datasets then).
+        """
+        if not isinstance(datamodule, L.LightningDataModule):
+            raise LTUError(
+                f"wrap() takes a LightningDataModule, got {type(datamodule).__name__}; "
+                "for datasets use UnlearningDataModule.from_split(train, test, forget=...)"
+            )
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        train = loader_dataset(datamodule, "train_dataloader")
+        if holdout is None:
+            holdout = loader_dataset(datamodule, "val_dataloader")
+        datamodule.setup("test")
+        test = loader_dataset(datamodule, "test_dataloader")
+        owner = type(datamodule).__name__
+        for role, data, hook in (
+            ("training set", train, "train_dataloader"),
+            ("test set", test, "test_dataloader"),
+            ("holdout", holdout, "val_dataloader"),
+        ):
+            if data is None:
+                raise LTUError(
+                    f"{owner} has no {hook}() for the {role}; implement it, or pass "
+                    + (
+                        "holdout=<dataset the original never trained on>"
+                        if role == "holdout"
+                        else "the datasets to UnlearningDataModule.from_split(train, test, forget=...)"
+                    )
+                )
+        return cls.from_split(train, test, forget, holdout, **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ split
     @property
     def spec(self) -> SplitSpec:
         hp = self.hparams
         indices = read_index_file(hp.forget_index_file) if hp.forget_index_file else None
+        indices = self._forget_indices if self._forget_indices is not None else indices
         classes = (
             tuple(int(c) for c in hp.forget_classes) if hp.forget_classes is not None else None
         )
@@ -157,7 +255,9 @@ class UnlearningDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.manifest is not None:
             return
-        self.bundle = load_dataset(self.dataset_name, self.hparams.root, self.hparams.download)
+        self.bundle = self._user_bundle or load_dataset(
+            self.dataset_name, self.hparams.root, self.hparams.download
+        )
         spec = self.spec
         path = self.resolve_manifest_path()
         if path is not None and path.exists():
@@ -165,7 +265,9 @@ class UnlearningDataModule(L.LightningDataModule):
             self._check_compatible(manifest, spec, path)
             manifest.check(path, pool_size=len(self.bundle.pool_targets))
         else:
-            roles = make_split(self.bundle.pool_targets, self.bundle.num_classes, spec)
+            roles = make_split(
+                self.bundle.pool_targets, self.bundle.num_classes, spec, self._holdout_indices
+            )
             manifest = SplitManifest(
                 self.dataset_name, self.bundle.fingerprint, spec.describe(), roles
             )
@@ -211,14 +313,20 @@ class UnlearningDataModule(L.LightningDataModule):
         return self.manifest.manifest_id  # type: ignore[union-attr]
 
     def _require_setup(self) -> None:
-        if self.manifest is None:
-            raise RuntimeError("UnlearningDataModule.setup() has not run yet")
+        if self.manifest is None:  # used outside a Trainer (e.g. evaluate_unlearning)
+            self.setup()
 
     # -------------------------------------------------------------- datasets
     def role_dataset(self, role: str, train: bool = False) -> Dataset:
         """The dataset of one role (``test`` or one of ``ROLES``), with train or eval transforms."""
         self._require_setup()
         assert self.bundle is not None and self.manifest is not None
+        if role not in ROLES and role != "test":
+            raise LTUError(f"unknown role {role!r}; choose 'test' or one of {', '.join(ROLES)}")
+        if self._user_bundle is not None:  # the user's items, unchanged
+            if role == "test":
+                return self.bundle.test
+            return Subset(self.bundle.pool, self.role_indices(role).tolist())
         transform = build_transforms(
             self.dataset_name, train, self.hparams.augment, self.hparams.image_size
         )

@@ -21,7 +21,7 @@ class UnlearningData(Protocol):
     """The data contract of the unlearning modules (``UnlearningDataModule`` is one example).
 
     A ``LightningDataModule`` with these members drops into ``LTUModule`` and the baselines
-    (see ``examples/dropin_own_project.py``):
+    (``UnlearningDataModule.wrap`` builds one from any ``LightningDataModule``):
 
     - ``train_on``: ``"unlearn"`` while unlearning (any other value is refused at fit set-up,
       so the same data module can also train the original model).

@@ -146,9 +146,16 @@ def _holdout_size(holdout: float, n: int) -> int:
 
 
 def make_split(
-    targets: Sequence[int] | np.ndarray, num_classes: int, spec: SplitSpec
+    targets: Sequence[int] | np.ndarray,
+    num_classes: int,
+    spec: SplitSpec,
+    holdout_indices: Sequence[int] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Compute all roles from the pool's labels. Deterministic in ``spec`` (including its seed)."""
+    """Compute all roles from the pool's labels. Deterministic in ``spec`` (including its seed).
+
+    ``holdout_indices`` fixes the holdout (pool samples the original model never trained on,
+    e.g. a user's own validation set appended to the pool) instead of cutting one at random.
+    """
     from sklearn.model_selection import train_test_split
 
     targets = np.asarray(targets, dtype=np.int64)
@@ -166,14 +173,27 @@ def make_split(
             f"the forget index file names {len(pool) - candidates.size} of the {len(pool)} pool "
             "samples: nothing would be left for the holdout and the remaining set; forget fewer samples"
         )
-    size = _holdout_size(spec.holdout, len(candidates))
-    stratify = targets[candidates] if np.bincount(targets[candidates]).min(initial=0) >= 2 else None
-    try:
-        train, holdout = train_test_split(
-            candidates, test_size=size, stratify=stratify, random_state=spec.seed
+    if holdout_indices is not None:
+        holdout = np.unique(np.asarray(holdout_indices, dtype=np.int64))
+        if (
+            len(holdout) < 2
+            or np.isin(holdout, fixed_forget if fixed_forget is not None else []).any()
+        ):
+            raise LTUError(
+                "the holdout needs at least 2 samples and none of the forget set; give another holdout"
+            )
+        train = np.setdiff1d(candidates, holdout)
+    else:
+        size = _holdout_size(spec.holdout, len(candidates))
+        strat = (
+            targets[candidates] if np.bincount(targets[candidates]).min(initial=0) >= 2 else None
         )
-    except ValueError:  # too few samples of some class to stratify
-        train, holdout = train_test_split(candidates, test_size=size, random_state=spec.seed)
+        try:
+            train, holdout = train_test_split(
+                candidates, test_size=size, stratify=strat, random_state=spec.seed
+            )
+        except ValueError:  # too few samples of some class to stratify
+            train, holdout = train_test_split(candidates, test_size=size, random_state=spec.seed)
     if fixed_forget is not None:
         train = np.union1d(train, fixed_forget)
     train = np.sort(train)

@@ -32,6 +32,14 @@ def monitored_best_score(trainer: L.Trainer, monitor: str | None = None) -> floa
     return None
 
 
+def _users_own(cb: L.Callback) -> bool:
+    """A ``ModelCheckpoint`` the user configured (Lightning's default one has no monitor,
+    folder, file name or ``save_last``)."""
+    return isinstance(cb, ModelCheckpoint) and bool(
+        cb.monitor or cb.dirpath or cb.filename or cb.save_last
+    )
+
+
 class RunFolderGuard(L.Callback):
     """Keeps a ``fit`` from destroying earlier results (an original model's checkpoints too).
 
@@ -128,32 +136,36 @@ class BaseModule(L.LightningModule):
         if dm is None or not hasattr(dm, "role_dataset"):
             return
         x, _ = dm.role_dataset("test")[0]
-        # Where the weights are now: set-up runs before the strategy moves the module to its
-        # device, while ``self.device`` may already name the target device.
-        param = next(self.backbone.parameters(), None)
-        device = param.device if param is not None else self.device
-        x = (
-            x.to(device, param.dtype)
-            if param is not None and x.is_floating_point()
-            else x.to(device)
-        )
-        with torch.no_grad():
-            was_training = self.backbone.training
-            self.backbone.eval()
-            try:
-                out = self.backbone(x.unsqueeze(0))
-            except RuntimeError as err:
-                raise LTUError(
-                    f"backbone {type(self.backbone).__name__} cannot take {dm.dataset_name} images of shape "
-                    f"{tuple(x.shape)} ({str(err).splitlines()[0]}); set its in_channels/image_size to the data's"
-                ) from err
-            finally:
-                self.backbone.train(was_training)
+        try:
+            out = self.dry_forward(x.unsqueeze(0))
+        except RuntimeError as err:
+            raise LTUError(
+                f"backbone {type(self.backbone).__name__} cannot take {dm.dataset_name} images of shape "
+                f"{tuple(x.shape)} ({str(err).splitlines()[0]}); set its in_channels/image_size to the data's"
+            ) from err
         if out.shape[-1] != dm.num_classes:
             raise LTUError(
                 f"backbone outputs {out.shape[-1]} classes but {dm.dataset_name} has {dm.num_classes}; "
                 f"set --model.backbone.init_args.num_classes {dm.num_classes}"
             )
+
+    def dry_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output for the batch ``x`` in eval mode, without gradients, run where
+        the weights are now (and in their floating dtype): set-up runs before the strategy moves
+        the module to its device and before any precision conversion, while ``self.device``
+        may already name the target device."""
+        param = next(self.backbone.parameters(), None)
+        if param is None:
+            x = x.to(self.device)
+        else:
+            x = x.to(param.device, param.dtype) if x.is_floating_point() else x.to(param.device)
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            with torch.no_grad():
+                return self.backbone(x)
+        finally:
+            self.backbone.train(was_training)
 
     # ------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
@@ -174,22 +186,24 @@ class BaseModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         """``<default_root_dir>/checkpoints/``: ``last.ckpt`` every epoch, ``best.ckpt`` by the
         stage's monitor. Two callbacks, because Lightning ≥ 2.6 writes ``save_last`` only in
-        epochs where the monitored checkpoint improved."""
+        epochs where the monitored checkpoint improved. Added only where the trainer has no
+        ``ModelCheckpoint`` of the user's own (Lightning would replace the user's by ours)."""
         if self._trainer is None or not self.trainer.checkpoint_callback:
             return []
         use_atomic_checkpoints(self.trainer)
+        if any(_users_own(cb) for cb in self.trainer.checkpoint_callbacks):
+            return []
         dirpath = Path(self.trainer.default_root_dir) / "checkpoints"
         common = dict(dirpath=dirpath, enable_version_counter=False, auto_insert_metric_name=False)
         callbacks: list[L.Callback] = [ModelCheckpoint(filename="last", save_top_k=1, **common)]
         if not any(isinstance(cb, RunFolderGuard) for cb in self.trainer.callbacks):
             callbacks.append(RunFolderGuard())
         if self.monitor is not None:
-            callbacks.insert(
-                0,
-                ModelCheckpoint(
-                    filename="best", monitor=self.monitor, mode=self.monitor_mode, **common
-                ),
+            best = ModelCheckpoint(
+                filename="best", monitor=self.monitor, mode=self.monitor_mode, **common
             )
+            best.is_stage_best = True  # type: ignore[attr-defined]
+            callbacks.insert(0, best)
         return callbacks
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -285,3 +285,16 @@ def check_resume(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
             f"checkpoint {path!r} does not match the backbone {type(module.backbone).__name__} "
             f"({detail}); resume with the backbone settings it was trained with"
         )
+
+
+def load_unlearned_weights(network: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
+    """Copy the network weights of a checkpoint (an unlearning run's ``best.ckpt`` or
+    ``last.ckpt``, or an original model's) into ``network``, built as when it was trained, and
+    return it. Refuses, in one line, a checkpoint whose weights do not fit ``network``.
+
+    After ``trainer.fit`` the unlearning module's network already holds the kept weights;
+    this is for a later session. (``LTUModule.load_from_checkpoint(path, backbone=network)``
+    restores the whole module instead.)
+    """
+    load_backbone_weights(network, checkpoint_path, None)
+    return network

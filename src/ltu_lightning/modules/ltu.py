@@ -75,7 +75,7 @@ class LTUModule(UnlearningModule):
     Args:
         backbone: architecture of the original model.
         original_ckpt: the original model's checkpoint (``ClassifierModule``).
-        num_classes: number of classes (for the ``random_label`` forgetting loss).
+        num_classes: number of classes (None: the network's output width, one dry forward).
         optimizer: outer optimizer factory (lr β). Default SGD(lr=0.032, momentum=0.5), chosen
             on the fmnist5k validation holdout (docs/method.md, "How the defaults were chosen").
         lr_scheduler: optional scheduler factory, stepped each epoch.
@@ -87,8 +87,10 @@ class LTUModule(UnlearningModule):
         holdout_distill_weight: weight of a second distillation term on batches of the
             auditor half of the holdout (unlabelled inputs, as many as the retain batch; the
             frozen original is the teacher, whatever the remember loss; 0 = off).
-        forget_loss: the forgetting objective: ``mi`` (membership auditors), ``mi_hinge``
-            (only down to the auditors' non-member level), ``neg_ce``, ``random_label``,
+        forget_loss: the forgetting objective: ``mi`` (membership auditors), ``mi_match``
+            (the forget batch's membership scores matched to the holdout's non-member level
+            from either side: over-forgetting costs like under-forgetting), ``mi_hinge`` (only
+            down to the auditors' non-member level), ``neg_ce``, ``random_label``,
             ``uniform_kl``.
         num_auditors: K, the number of membership auditors.
         auditor_features: one feature list per auditor (default: log-domain sets).
@@ -102,7 +104,8 @@ class LTUModule(UnlearningModule):
         knobs: the knobs of the LTU step, the fields of
             :class:`~ltu_lightning.optim.meta_harmonizer.MetaSettings` (``inner_lr``,
             ``inner_steps``, ``meta_order``, ``meta``, ``query_weight``, ``forget_weight``,
-            ``harmonization``, ``granularity``, ``balance``, ``balance_c``, ``bn_mode``).
+            ``harmonization``, ``granularity``, ``balance``, ``balance_c``, ``bn_mode``,
+            ``max_step``, the trust region of every step).
     """
 
     stop_rules = get_args(LTUStopRule)
@@ -111,7 +114,7 @@ class LTUModule(UnlearningModule):
         self,
         backbone: Backbone,
         original_ckpt: str | None = None,
-        num_classes: int = 10,
+        num_classes: int | None = None,
         optimizer: OptimizerCallable = sgd_half_momentum,
         lr_scheduler: LRSchedulerCallable | None = None,
         remember_loss: RememberLoss = "kd",
@@ -136,6 +139,7 @@ class LTUModule(UnlearningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
         # record every knob of the step, the defaults too
         self.save_hyperparameters({**self.hparams, **asdict(self.meta_settings)})
+        self.num_classes = num_classes
         self.automatic_optimization = False
         if remember_loss != "ce" or holdout_distill_weight > 0:
             self.add_teacher()

@@ -9,9 +9,13 @@
   logged as ``val/criterion``; the stage's ``ModelCheckpoint`` keeps the best epoch
   (``stop_rule="criterion"``), or only the last one (``"budget"``);
 - the starting model's criterion is computed once before the first step and logged with every
-  validation as ``val/criterion_start`` (the "do nothing" line on a dashboard); a fit whose best
-  epoch does not beat it ends with a warning. The starting model is not a candidate itself: an
-  unlearning run that hands back the original model has not forgotten anything.
+  validation as ``val/criterion_start`` (the "do nothing" line on a dashboard). The starting
+  model is a selection candidate: the kept weights (held in memory, so selection works without
+  checkpointing, and loaded into the network at the end of ``fit``) are never scored worse by
+  the criterion than the start. A fit in which no epoch beats the start says so and ends with
+  the starting weights; so does a start whose D_f is already indistinguishable from unseen data
+  ("nothing to forget"): the criterion penalizes over-forgetting (D_f looking *less* familiar
+  than unseen data) exactly as much as under-forgetting.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from ltu_lightning.errors import LTUError
+from ltu_lightning.audit.forget_losses import RandomLabelLoss
+from ltu_lightning.errors import LTUError, how_to_set
 from ltu_lightning.evaluation.metrics import loss_auc, selection_criterion
 from ltu_lightning.modules.base import BaseModule, monitored_best_score
 from ltu_lightning.modules.checkpoints import load_backbone_weights
@@ -38,6 +43,14 @@ StopRule = Literal["criterion", "budget"]
 Batch = tuple[torch.Tensor, torch.Tensor]
 #: checkpoint key of the state of plain (non-``nn.Module``) helpers, e.g. a loss's generator
 HELPER_STATE_KEY = "ltu_helper_states"
+#: checkpoint key of the in-memory selection: the kept weights, their score and epoch
+KEPT_STATE_KEY = "ltu_kept"
+#: frozen helper networks (eval mode, no gradients): held outside the module tree, so that
+#: Lightning neither counts them as modules left in eval mode nor trains them, but moved with
+#: the module (``.to``) and saved in its ``state_dict`` under these names
+FROZEN_HELPERS = ("teacher", "auditors")
+#: what a data module must have for unlearning (``ltu_lightning.UnlearningData``)
+DATA_MEMBERS = ("train_on", "val_roles", "role_dataloader", "train_dataloader", "val_dataloader")
 
 
 def distill_kl(
@@ -86,18 +99,72 @@ class UnlearningModule(BaseModule):
         self.register_buffer("start_criterion", torch.tensor(float("nan")))
         self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.teacher: nn.Module | None = None
+        #: classes of the network's output; None = inferred at set-up (one dry forward)
+        self.num_classes: int | None = None
+        # in-memory selection: weights of the best candidate so far (the start included)
+        self._kept: dict[str, torch.Tensor] | None = None
+        self._kept_score = math.inf
+        self._kept_epoch: int | None = None
+        #: set at fit start: the start's D_f is already indistinguishable from unseen data
+        self.nothing_to_forget = False
 
     #: the stop rules this class accepts (a subclass with a rule of its own extends it)
     stop_rules: tuple[str, ...] = get_args(StopRule)
 
+    # ------------------------------------------------------- frozen helpers
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in FROZEN_HELPERS:
+            self._modules.pop(name, None)
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def frozen_helpers(self) -> list[tuple[str, nn.Module]]:
+        """The frozen helper networks this module holds (e.g. the teacher, the auditors)."""
+        return [
+            (name, module)
+            for name in FROZEN_HELPERS
+            if isinstance(module := self.__dict__.get(name), nn.Module)
+        ]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> UnlearningModule:
+        super()._apply(fn, recurse)
+        for _, module in self.frozen_helpers():
+            module._apply(fn, recurse)
+        return self
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, module in self.frozen_helpers():
+            module.state_dict(
+                destination=destination, prefix=f"{prefix}{name}.", keep_vars=keep_vars
+            )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name, module in self.frozen_helpers():
+            head = f"{prefix}{name}."
+            own = {k[len(head) :]: v for k, v in state_dict.items() if k.startswith(head)}
+            result = module.load_state_dict(own, strict=False)
+            unexpected_keys[:] = [k for k in unexpected_keys if not k.startswith(head)]
+            unexpected_keys.extend(head + k for k in result.unexpected_keys)
+            missing_keys.extend(head + k for k in result.missing_keys)
+
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        dm = self.datamodule
-        if stage == "fit" and dm is not None and getattr(dm, "train_on", "unlearn") != "unlearn":
-            raise LTUError(
-                f"{type(self).__name__} needs the unlearning batches: set --data.train_on unlearn "
-                f"(got {dm.train_on!r})"
-            )
+        if stage == "fit":
+            self.check_data_contract()
         if self.original_ckpt is not None and not getattr(self, "_original_loaded", False):
             load_backbone_weights(self.backbone, self.original_ckpt, self.split_id)
             self._original_loaded = True
@@ -106,6 +173,86 @@ class UnlearningModule(BaseModule):
             self.teacher.load_state_dict(self.backbone.state_dict())
             self._teacher_synced = True
         super().setup(stage)
+
+    def check_data_contract(self) -> None:
+        """Refuse, before any work, a data module that lacks the unlearning roles, in one line
+        naming the fix for the API in use (Python or the ``ltu`` command)."""
+        name = type(self).__name__
+        dm = self.datamodule
+        if dm is None:
+            raise LTUError(
+                f"{name} needs a data module with the unlearning roles: "
+                + how_to_set(
+                    "trainer.fit(model, datamodule=UnlearningDataModule.from_split(train, test, "
+                    "forget=...)) or UnlearningDataModule.wrap(your_datamodule, forget=...)",
+                    "pass --data UnlearningDataModule (e.g. --config configs/unlearn/datasets/<dataset>.yaml)",
+                )
+            )
+        missing = [m for m in DATA_MEMBERS if not hasattr(dm, m)]
+        if missing:
+            raise LTUError(
+                f"{name} needs the unlearning roles and {type(dm).__name__} has no "
+                f"{', '.join(missing)}: adapt it with UnlearningDataModule.wrap(datamodule, "
+                "forget=...) (or implement ltu_lightning.UnlearningData)"
+            )
+        if dm.train_on != "unlearn":
+            raise LTUError(
+                f"{name} needs the unlearning batches but the data module trains on "
+                f"{dm.train_on!r}: set "
+                + how_to_set("train_on='unlearn' on it", "--data.init_args.train_on unlearn")
+            )
+        roles = list(dm.val_roles)
+        if "forget" not in roles or "holdout_val" not in roles:
+            raise LTUError(
+                f"{name} selects its epoch on the forget set and the validation holdout, but the "
+                f"data module's val_roles are {roles}: they must include 'forget' and 'holdout_val'"
+            )
+
+    def check_backbone_fits_data(self) -> None:
+        """One dry forward on a validation-holdout sample: the network must take the data, and
+        its output width gives ``num_classes`` (a given ``num_classes`` or labels beyond the
+        width are refused)."""
+        dm = self.datamodule
+        if dm is None or not hasattr(dm, "role_dataloader"):
+            return
+        x, y = next(iter(dm.role_dataloader("holdout_val")))
+        try:
+            out = self.dry_forward(x[:1])
+        except RuntimeError as err:
+            raise LTUError(
+                f"the network {type(self.backbone).__name__} cannot take the data's inputs of shape "
+                f"{tuple(x.shape[1:])} ({str(err).splitlines()[0]}); build it for that input"
+            ) from err
+        if out.ndim != 2:
+            raise LTUError(
+                f"the network {type(self.backbone).__name__} returns shape {tuple(out.shape)}; "
+                "unlearning needs [batch, classes] logits"
+            )
+        width = int(out.shape[-1])
+        labels = getattr(dm, "num_classes", None)
+        labels = labels if isinstance(labels, int) else int(y.max()) + 1
+        given = self.num_classes
+        if given is not None and given != width:
+            raise LTUError(
+                f"{type(self).__name__} has num_classes={given} but the network outputs {width} "
+                "logits: "
+                + how_to_set(
+                    "drop num_classes (it is inferred)", "drop --model.init_args.num_classes"
+                )
+                + f" or set it to {width}"
+            )
+        if labels > width:
+            raise LTUError(
+                f"the data has {labels} classes but the network outputs {width} logits; "
+                + how_to_set(
+                    f"build it with {labels} outputs",
+                    f"set --model.init_args.backbone.init_args.num_classes {labels}",
+                )
+            )
+        self.num_classes = width
+        for helper in vars(self).values():
+            if isinstance(helper, RandomLabelLoss):
+                helper.set_num_classes(width)
 
     def add_teacher(self) -> None:
         """Keep a frozen copy of the starting model as ``self.teacher`` (eval mode, no
@@ -129,7 +276,48 @@ class UnlearningModule(BaseModule):
             with torch.random.fork_rng(devices=[]):  # a loader's iterator draws a base seed
                 forget = self.role_logits("forget")
             outputs = {"forget": forget, "holdout_val": (logits, y)}
-            self.start_criterion.fill_(self.validation_metrics(outputs)["val/criterion"])
+            metrics = self.validation_metrics(outputs)
+            self.start_criterion.fill_(metrics["val/criterion"])
+            if self.monitor is not None:
+                self.keep(metrics["val/criterion"], epoch=None)
+            self.nothing_to_forget = not (~keep).any() and self.looks_unseen(
+                metrics, len(forget[1]), int(keep.sum())
+            )
+            if self.nothing_to_forget:
+                rank_zero_warn(
+                    f"{type(self).__name__}: nothing to forget: on the validation holdout the "
+                    f"starting model's D_f already looks like unseen data (loss-AUC "
+                    f"{metrics['val/loss_auc']:.3f}, accuracy {metrics['val/forget_acc']:.1f} vs "
+                    f"{metrics['val/acc']:.1f}); the starting model stays unless an epoch "
+                    "scores better"
+                )
+
+    @staticmethod
+    def looks_unseen(metrics: dict[str, float], n_forget: int, n_val: int) -> bool:
+        """Whether D_f is indistinguishable from the validation holdout: its loss-AUC is within
+        one standard error of chance and its accuracy within one of the holdout's (one, not two:
+        on small sets two would call an undetected but real difference "nothing to forget")."""
+        n = max(1, min(n_forget, n_val))
+        auc_se = math.sqrt((2 * n + 1) / (12.0 * n * n))
+        acc = metrics["val/acc"] / 100.0
+        acc_se = 100.0 * math.sqrt(max(acc * (1 - acc), 1.0 / n) * (1.0 / n_forget + 1.0 / n))
+        return (
+            abs(metrics["val/loss_auc"] - 0.5) <= auc_se
+            and abs(metrics["val/forget_acc"] - metrics["val/acc"]) <= acc_se
+        )
+
+    def keep(self, score: float, epoch: int | None) -> None:
+        """Hold the network's current weights (on CPU) as the selected candidate."""
+        self._kept = {
+            k: v.detach().to("cpu", copy=True) for k, v in self.backbone.state_dict().items()
+        }
+        self._kept_score = float(score)
+        self._kept_epoch = epoch
+
+    @property
+    def kept_epoch(self) -> int | None:
+        """The selected epoch (None: the starting model, or no selection)."""
+        return self._kept_epoch
 
     def no_gain(self, best_score: float | None) -> bool | None:
         """Whether a fit's best validation criterion failed to beat the starting model's: the
@@ -141,14 +329,28 @@ class UnlearningModule(BaseModule):
         return float(best_score) >= start
 
     def on_fit_end(self) -> None:
+        """Load the kept weights into the network; when the start won, say so and write them
+        over the stage's ``best.ckpt`` too, so that every reader of the selection gets them."""
+        if self._kept is None:
+            return
+        self.backbone.load_state_dict(self._kept)
+        if self._kept_epoch is not None:
+            return
         best = monitored_best_score(self.trainer, self.monitor) if self.monitor else None
-        if self.no_gain(best):
-            rank_zero_warn(
-                f"{type(self).__name__}: no epoch beat the starting model on the validation "
-                f"criterion (best {best:.3f}, start {self.start_criterion.item():.3f}); the "
-                "kept checkpoint is further from retrain-like than not unlearning at all: lower "
-                "the learning rate or give the method more remaining data"
+        rank_zero_warn(
+            f"{type(self).__name__}: no epoch beat the starting model on the validation "
+            f"criterion (start {self.start_criterion.item():.3f}"
+            + (f", best epoch {best:.3f}" if best is not None else "")
+            + "); the network keeps the starting weights (no gain): "
+            + (
+                "there was nothing to forget, its D_f already looked like unseen data"
+                if self.nothing_to_forget
+                else "lower the learning rate or give the method more remaining data"
             )
+        )
+        for cb in self.trainer.checkpoint_callbacks:
+            if getattr(cb, "is_stage_best", False) and cb.best_model_path:
+                self.trainer.save_checkpoint(cb.best_model_path)
 
     def _forgotten_class_mask(self, targets: torch.Tensor) -> torch.Tensor:
         """Samples of the classes being forgotten (all False for random/index forgetting)."""
@@ -217,6 +419,12 @@ class UnlearningModule(BaseModule):
         checkpoint[HELPER_STATE_KEY] = {
             k: v.state_dict() for k, v in self.stateful_helpers().items()
         }
+        if self._kept is not None:
+            checkpoint[KEPT_STATE_KEY] = {
+                "state": self._kept,
+                "score": self._kept_score,
+                "epoch": self._kept_epoch,
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -228,6 +436,13 @@ class UnlearningModule(BaseModule):
                 f"teacher and this {type(self).__name__} has {'none' if saved_teacher else 'one'}"
                 ": load it with the settings that saved it (for LTU the same remember_loss and "
                 "holdout_distill_weight; before they existed: ce and 0)"
+            )
+        kept = checkpoint.get(KEPT_STATE_KEY)
+        if kept is not None:
+            self._kept, self._kept_score, self._kept_epoch = (
+                kept["state"],
+                kept["score"],
+                kept["epoch"],
             )
         saved = checkpoint.get(HELPER_STATE_KEY, {})
         for name, helper in self.stateful_helpers().items():
@@ -273,6 +488,10 @@ class UnlearningModule(BaseModule):
         # computed from the outputs of every process (all_gather): equal on all ranks
         self.log_dict(metrics, sync_dist=True)
         self.log("val/criterion", criterion, prog_bar=True, sync_dist=True)
+        trainer = self._trainer
+        sanity = trainer is not None and trainer.sanity_checking
+        if self.monitor is not None and not sanity and criterion < self._kept_score:
+            self.keep(criterion, epoch=self.current_epoch)
 
     def validation_metrics(
         self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]

@@ -68,6 +68,11 @@ class MetaSettings:
         balance_c: the clip factor c (> 0).
         bn_mode: ``eval`` keeps BatchNorm running statistics frozen during the step (forget
             batches never leak into them); ``train`` leaves the layers in their mode.
+        max_step: a relative trust region for every step, inner and outer: a step ``lr·‖H‖``
+            longer than ``max_step·‖θ‖`` is scaled down to that length (``lr`` the inner
+            ``inner_lr``, or the optimizer's learning rate for the outer step; > 0, or None:
+            off). Default 0.3, for ``LTUModule`` and a ``MetaHarmonizer`` used directly alike:
+            a safety cap that the fmnist5k steps stay below (docs/method.md, "Trust region").
     """
 
     inner_lr: float = 0.03
@@ -81,6 +86,7 @@ class MetaSettings:
     balance: Balance = "none"
     balance_c: float = 10.0
     bn_mode: BNMode = "eval"
+    max_step: float | None = 0.3
 
     def __post_init__(self) -> None:
         check_choice("harmonization", self.harmonization, MODES)
@@ -92,6 +98,8 @@ class MetaSettings:
         for name in ("inner_lr", "query_weight", "forget_weight"):
             check_range(name, getattr(self, name), 0.0)
         check_range("balance_c", self.balance_c, 0.0, low_open=True)
+        if self.max_step is not None and not self.max_step > 0:
+            raise LTUError(f"max_step must be > 0 or None (no trust region); got {self.max_step!r}")
 
 
 class SupportsStep(Protocol):
@@ -179,6 +187,10 @@ class MetaHarmonizer:
     it, as Lightning's DDP strategy makes, is harmless: no reducer hook fires). Batch
     statistics in ``bn_mode="train"`` stay per rank unless the model uses ``SyncBatchNorm``.
 
+    ``max_step`` (a :class:`MetaSettings` knob, 0.3 by default): the relative trust region
+    of every step, inner and outer; the outer step's length is taken at the learning rate of
+    the optimizer's first parameter group.
+
     Under Lightning, use a ``32-true`` or ``bf16-mixed`` precision: ``16-mixed`` steps through
     a ``GradScaler`` that would unscale gradients this class never scaled.
     """
@@ -265,6 +277,7 @@ class MetaHarmonizer:
         g_r, g_f = _all_reduce_mean(g_r, world), _all_reduce_mean(g_f, world)
         stats = pair_stats(g_r, g_f)
         update = self._harmonize(g_r, g_f)
+        update = self._trust(update, params, self._outer_lr())
         values = torch.cat(
             [
                 torch.stack([loss.detach().to(stats.dtype) for loss in losses]),
@@ -296,11 +309,37 @@ class MetaHarmonizer:
             return dist.get_world_size()
         return 1
 
+    def _outer_lr(self) -> float:
+        """The outer step's learning rate, for the trust region."""
+        if self.settings.max_step is None:
+            return 0.0
+        groups = getattr(self.optimizer, "param_groups", None)
+        if not groups or "lr" not in groups[0]:
+            raise LTUError(
+                f"max_step={self.settings.max_step} needs the optimizer's learning rate "
+                f"(param_groups[0]['lr']), which {type(self.optimizer).__name__} does not have; "
+                "pass max_step=None"
+            )
+        return float(groups[0]["lr"])
+
     def _harmonize(self, g_r: list[Tensor], g_f: list[Tensor]) -> list[Tensor]:
         """``H``: optional balancing of ``g_f``, then the projection."""
         if self.settings.balance == "clip":
             g_f = balance_clip(g_r, g_f, self.settings.balance_c, self.eps)
         return harmonize(g_r, g_f, self.settings.harmonization, self.settings.granularity, self.eps)
+
+    def _trust(self, step: list[Tensor], params: list[Tensor], lr: float) -> list[Tensor]:
+        """Scale ``step`` down so that ``lr·‖step‖ ≤ max_step·‖θ‖`` (a relative trust region;
+        unchanged inside it). Gradient scales differ by orders of magnitude between networks
+        (a well-trained one's forgetting gradient can be 100× another's); without the cap a
+        step tuned on one diverges on the next."""
+        if self.settings.max_step is None or lr <= 0:
+            return step
+        with torch.no_grad():
+            size = lr * flat_dot(step, step).sqrt()
+            limit = self.settings.max_step * flat_dot(params, params).sqrt()
+            scale = torch.clamp(limit / (size + self.eps), max=1.0)
+        return [s * scale.to(s.dtype) for s in step]
 
     def _meta_gradients(
         self,
@@ -327,7 +366,7 @@ class MetaHarmonizer:
                 # The outer support terms are exactly these gradients at θ: reuse them.
                 at_theta = (l_r, l_f, g_r, g_f)
             with torch.set_grad_enabled(second):
-                step = self._harmonize(g_r, g_f)
+                step = self._trust(self._harmonize(g_r, g_f), fast, self.settings.inner_lr)
                 fast = [w - self.settings.inner_lr * s for w, s in zip(fast, step, strict=True)]
             if not second:
                 fast = [w.requires_grad_() for w in fast]

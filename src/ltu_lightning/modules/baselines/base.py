@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from ltu_lightning.errors import LTUError, NonFiniteStepError
+from ltu_lightning.errors import LTUError, NonFiniteStepError, how_to_set
 from ltu_lightning.modules.unlearning import Batch, StopRule, UnlearningModule
 from ltu_lightning.networks import Backbone
 from ltu_lightning.utils.checks import check_range
@@ -32,7 +32,7 @@ class BaselineModule(UnlearningModule):
     Args:
         backbone: architecture of the original model.
         original_ckpt: the original model's checkpoint (``ClassifierModule``).
-        num_classes: number of classes.
+        num_classes: number of classes (None: the network's output width, one dry forward).
         optimizer: optimizer factory. Default SGD(lr=0.01, momentum=0.9).
         lr_scheduler: optional scheduler factory, stepped each epoch.
         stop_rule: ``criterion`` (keep the best ``val/criterion`` epoch) or ``budget``.
@@ -42,7 +42,7 @@ class BaselineModule(UnlearningModule):
         self,
         backbone: Backbone,
         original_ckpt: str | None = None,
-        num_classes: int = 10,
+        num_classes: int | None = None,
         optimizer: OptimizerCallable = sgd_momentum,
         lr_scheduler: LRSchedulerCallable | None = None,
         stop_rule: StopRule = "criterion",
@@ -51,7 +51,8 @@ class BaselineModule(UnlearningModule):
         # One call for all baselines: Lightning collects the arguments of every __init__ of
         # the class hierarchy on the call stack (e.g. SalUn's sparsity and RandomLabel's seed).
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
-        check_range("num_classes", num_classes, 2, integer=True)
+        if num_classes is not None:
+            check_range("num_classes", num_classes, 2, integer=True)
         self.num_classes = num_classes
 
     def setup(self, stage: str) -> None:
@@ -60,7 +61,10 @@ class BaselineModule(UnlearningModule):
         if isinstance(dm_classes, int) and dm_classes != self.num_classes:
             raise LTUError(
                 f"{type(self).__name__} has num_classes={self.num_classes} but the data has "
-                f"{dm_classes}; set --model.init_args.num_classes {dm_classes}"
+                f"{dm_classes}; set "
+                + how_to_set(
+                    f"num_classes={dm_classes}", f"--model.init_args.num_classes {dm_classes}"
+                )
             )
 
     def losses(self, forget: Batch, retain: Batch) -> Losses:

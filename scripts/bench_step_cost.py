@@ -187,47 +187,38 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
         for kind in ["finetune", *(f"ltu_order{o}" for o in args.orders)]:
             model = make_model(args.model, device).train()
             step = make_step(kind, model, DTYPES[dtype_name], retain, forget)
+            row: dict[str, Any] = {
+                "model": args.model,
+                "batch": args.batch,
+                "device": device.type,
+                "dtype": dtype_name,
+                "step": kind,
+            }
             try:
                 times, peak = time_steps(step, args.steps, args.warmup, device)
             except NonFiniteStepError as err:  # reported as a row: the table is the finding
                 print(f"{args.model} {dtype_name} {kind}: {err}")
+                nan = float("nan")
                 rows.append(
-                    {
-                        "model": args.model,
-                        "batch": args.batch,
-                        "device": device.type,
-                        "dtype": dtype_name,
-                        "step": kind,
-                        "ms_median": float("nan"),
-                        "ms_mean": float("nan"),
-                        "x_finetune": float("nan"),
-                        "steps": 0,
-                        "peak_mib": None,
-                        "host_syncs_per_step": None,
-                        "error": str(err),
-                    }
-                )
+                    {**row, "ms_median": nan, "ms_mean": nan, "x_finetune": nan, "steps": 0,
+                     "peak_mib": None, "host_syncs_per_step": None, "error": str(err)}
+                )  # fmt: skip
                 continue
-            # a fresh model: the timed steps may have driven the ascent term far already
+            # a fresh model: the timed steps may have driven the forgetting term far already
             fresh = make_step(
                 kind, make_model(args.model, device).train(), DTYPES[dtype_name], retain, forget
             )
-            syncs = host_syncs_per_step(fresh, device)
             median = statistics.median(times)
             finetune_ms = finetune_ms or median
             rows.append(
                 {
-                    "model": args.model,
-                    "batch": args.batch,
-                    "device": device.type,
-                    "dtype": dtype_name,
-                    "step": kind,
+                    **row,
                     "ms_median": median,
                     "ms_mean": statistics.fmean(times),
                     "x_finetune": median / finetune_ms,
                     "steps": len(times),
                     "peak_mib": peak,
-                    "host_syncs_per_step": syncs,
+                    "host_syncs_per_step": host_syncs_per_step(fresh, device),
                 }
             )
             del model, step

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import sys
+from typing import NoReturn
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 import ltu_lightning.data  # noqa: F401
@@ -16,6 +19,54 @@ import ltu_lightning.networks  # noqa: F401
 from ltu_lightning import quiet
 from ltu_lightning.callbacks import LoggerSaveConfigCallback, SelectionSummary
 from ltu_lightning.modules.checkpoints import local_ckpt_path
+
+_LITERAL = re.compile(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)")
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+_GIVEN = re.compile(r"Given value: (.*)")
+_NESTED = re.compile(r"NestedArg\(key='(.*?)', val='(.*?)'\)")
+
+
+def one_line_parse_error(message: str) -> str:
+    """jsonargparse's nested parse error as one line: the flag it concerns, the innermost reason
+    (the ``None`` branch of an optional value left out), and the value given; a misspelt choice
+    names the choices."""
+    keys = _PARSER_KEY.findall(message)
+    flag = ""
+    if keys:
+        flag = f"--{keys[0]}" + (f".init_args.{keys[-1]}" if len(keys) > 1 else "")
+    literal = _LITERAL.search(message)
+    if literal:
+        choices, value = literal.groups()
+        return f"{flag or 'a choice'}: {value.strip()!r} is not one of {choices}"
+    lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
+    match = _GIVEN.search(message)
+    given = match.group(1).strip() if match else ""
+    nested = _NESTED.search(given)
+    if nested and keys:  # --model.init_args.<key> <val>
+        flag, given = f"--{keys[0]}.init_args.{nested.group(1)}", nested.group(2)
+    skip = (
+        "Given value",
+        "Subtypes:",
+        "Errors:",
+        "Parser key",
+        "Does not validate",
+        "Problem with",
+    )
+    reasons = [line for line in lines if not line.startswith(skip) and "NoneType" not in line]
+    if not flag or not reasons:
+        return lines[0] if lines else message
+    return f"{flag}: {reasons[0]}" + (f" (given {given!r})" if given else "")
+
+
+class ProjectArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one line (no usage dump), exit code 2."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # an inner parse: the caller handles the exception
+            super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {one_line_parse_error(message)} (see {prog} --help)\n")
+        raise SystemExit(2)
 
 
 class ProjectCLI(LightningCLI):
@@ -33,6 +84,7 @@ class ProjectCLI(LightningCLI):
             "trainer_defaults", {"callbacks": [SelectionSummary()], "enable_autolog_hparams": False}
         )
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_class", ProjectArgumentParser)
         quiet.install()
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 

@@ -22,7 +22,7 @@ from ltu_lightning.benchmark.progress import (
     process_wall_time,
 )
 from ltu_lightning.benchmark.report import aggregate, markdown_table, write_reports
-from ltu_lightning.benchmark.runner import REFERENCE_STAGES, load_benchmark
+from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, load_benchmark
 from ltu_lightning.benchmark.tuning import tune, tuning_markdown
 from ltu_lightning.errors import LTUError
 from ltu_lightning.quiet import quiet_wandb
@@ -121,11 +121,12 @@ def build_tune_parser() -> ArgumentParser:
 
 def benchmark_main(cfg: Namespace) -> None:
     """Run ``ltu benchmark`` from its parsed arguments."""
+    bench = _load_and_select(cfg)  # bad input is refused before --out is created
     with RunLock(cfg.out, "--out"):  # one benchmark at a time per output folder
-        _run_benchmark(cfg)
+        _run_benchmark(cfg, bench)
 
 
-def _run_benchmark(cfg: Namespace) -> None:
+def _load_and_select(cfg: Namespace) -> Benchmark:
     out = Path(cfg.out)
     if (out / "results.json").exists() and not cfg.overwrite:
         raise LTUError(
@@ -144,6 +145,11 @@ def _run_benchmark(cfg: Namespace) -> None:
                 f"--only names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
             )
         bench.methods = [m for m in bench.methods if m.key in only]
+    return bench
+
+
+def _run_benchmark(cfg: Namespace, bench: Benchmark) -> None:
+    out = Path(cfg.out)
     rows = {m.key: _as_flags(m.overrides) for m in bench.methods}
     for notice in override_notices(_as_flags(bench.overrides), rows):
         print(notice, flush=True)

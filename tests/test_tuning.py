@@ -44,7 +44,7 @@ def fake_fits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple]:
 
     monkeypatch.setattr(tuning, "run_stage", fake_run_stage)
     monkeypatch.setattr(Stage, "fit", fake_fit)
-    monkeypatch.setattr(tuning, "_cached", lambda root: None)
+    monkeypatch.setattr(tuning, "cached_stage", lambda root: None)
     return calls
 
 

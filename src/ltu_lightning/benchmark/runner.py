@@ -87,7 +87,7 @@ def reevaluate_stage(stage: Stage) -> StageResult | None:
     return StageResult(metrics, time_s)
 
 
-def _cached(root: Path) -> StageResult | None:
+def cached_stage(root: Path) -> StageResult | None:
     """A reference stage (original/retrain) trained and evaluated earlier, reported from its
     ``last.ckpt``; None when it must be (re)run."""
     path = root / "metrics.json"
@@ -160,7 +160,7 @@ class Benchmark:
             per_seed: dict[str, StageResult] = {}
             for i, key in enumerate(REFERENCE_STAGES):
                 stage = self.stage(key, seed)
-                cached = _cached(stage.root) if stage.manifest.exists() else None
+                cached = cached_stage(stage.root) if stage.manifest.exists() else None
                 if cached is None:
                     cached = reevaluate_stage(stage)
                 if events is not None:

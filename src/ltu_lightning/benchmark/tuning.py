@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ltu_lightning.benchmark.runner import Benchmark, _cached, run_stage
+from ltu_lightning.benchmark.runner import Benchmark, cached_stage, run_stage
 from ltu_lightning.errors import LTUError
 from ltu_lightning.utils.files import write_json_atomic
 
@@ -84,7 +84,7 @@ def tune(
     bench = replace(bench, out=out)  # each seed's split and original model live under ``out``
     for seed in seeds:
         original = bench.stage("original", seed)
-        if _cached(original.root) is None or not original.manifest.exists():
+        if cached_stage(original.root) is None or not original.manifest.exists():
             progress(f"[tune] original model for seed {seed} ...")
             run_stage(original)
     report: dict[str, Any] = {"benchmark": bench.name, "seeds": seeds, "methods": {}}

@@ -151,3 +151,17 @@ def test_the_check_sees_an_upward_import_inside_a_function(tmp_path: Path) -> No
     assert layer_of("ltu_lightning.cli") > layer_of("ltu_lightning.data.mod")
     with pytest.raises(AssertionError, match="in no layer"):
         layer_of("ltu_lightning.somewhere_new")
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """Helpers shared by several modules are public (``ltu_lightning.utils`` holds most)."""
+    private = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ltu_lightning"):
+                private += [
+                    f"{name} imports {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and node.module != name
+                ]
+    assert not private, private

@@ -27,6 +27,7 @@ KNOWN_NOISE = (
     "all_gather is deprecated",
     "anonymous setting has no effect",
     "git root",
+    "module(s) in eval mode",
 )
 
 

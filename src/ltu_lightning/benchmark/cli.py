@@ -62,7 +62,32 @@ def build_parser() -> ArgumentParser:
         "order>, overrides: {config key: value}}",
     )
     parser.add_argument(
-        "--seeds", type=int | list[int], default=1, help="N (seeds 0..N-1) or a list"
+        "--seeds",
+        type=int | list[int] | None,
+        default=None,
+        help="N: the first N report seeds (seeds 0..N-1 when the config names no report seeds), "
+        "or a list of seeds; default: every report seed",
+    )
+    parser.add_argument(
+        "--tuning_seeds",
+        type=list[int],
+        default=[],
+        help="seeds hyperparameters are chosen on (ltu tune); refused by ltu benchmark unless "
+        "--on_tuning_seeds true",
+    )
+    parser.add_argument(
+        "--report_seeds",
+        type=list[int],
+        default=[],
+        help="seeds results are reported on (disjoint from --tuning_seeds)",
+    )
+    parser.add_argument(
+        "--on_tuning_seeds",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="allow tuning seeds in --seeds; the results are then labelled a tuning table",
     )
     parser.add_argument("--out", type=str, default="runs/benchmark", help="output folder")
     parser.add_argument(
@@ -110,7 +135,11 @@ def build_tune_parser() -> ArgumentParser:
         help="YAML mapping a method key of the benchmark to {config key: [values]}",
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="score = mean over these seeds"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="score = mean over these seeds (default: the benchmark's tuning_seeds)",
     )
     parser.add_argument("--out", type=str, required=True, help="output folder")
     parser.add_argument(
@@ -154,7 +183,8 @@ def _run_benchmark(cfg: Namespace, bench: Benchmark) -> None:
     for notice in override_notices(_as_flags(bench.overrides), rows):
         print(notice, flush=True)
     print(
-        f"benchmark {bench.name}: seeds {bench.seeds}, {len(bench.methods)} methods -> {out}",
+        f"benchmark {bench.name}: seeds {bench.seeds}, {len(bench.methods)} methods -> {out}"
+        + (" (TUNING TABLE: these include tuning seeds)" if bench.seed_role == "tuning" else ""),
         flush=True,
     )
     start = time.perf_counter()
@@ -201,8 +231,19 @@ def tune_main(cfg: Namespace) -> None:
         raise LTUError(f"cannot read --grid {cfg.grid!r} ({err}); pass a grid YAML") from err
     if cfg.only:
         grids = {k: v for k, v in grids.items() if k in cfg.only}
+    seeds = cfg.seeds or bench.tuning_seeds
+    if not seeds:
+        raise LTUError(
+            f"{cfg.benchmark} names no tuning_seeds; add them to it or pass --seeds 0 1 2"
+        )
+    reported = sorted(set(seeds) & set(bench.report_seeds))
+    if reported:
+        raise LTUError(
+            f"--seeds {reported} are report seeds of {cfg.benchmark}; tune on its tuning seeds "
+            f"{bench.tuning_seeds} or other seeds outside {bench.report_seeds}"
+        )
     out = Path(cfg.out)
-    report = tune(bench, grids, cfg.seeds, out, progress=lambda s: print(s, flush=True))
+    report = tune(bench, grids, seeds, out, progress=lambda s: print(s, flush=True))
     text = tuning_markdown(report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.md").write_text(text)

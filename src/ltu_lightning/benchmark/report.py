@@ -11,6 +11,7 @@ from typing import Any
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, StageResult
 from ltu_lightning.evaluation.metrics import avg_gap, relative_time_efficiency, summarize
 from ltu_lightning.evaluation.protocol import VERDICTS, forgetting_verdict
+from ltu_lightning.evaluation.statistics import compare_to_all
 from ltu_lightning.utils.files import atomic_path, write_json_atomic
 
 METRICS = ("UA", "RA", "TA", "MIA", "MIA_entropy", "loss_auc", "avg_gap", "time_s", "rte")
@@ -44,7 +45,58 @@ def aggregate(bench: Benchmark, results: dict[int, dict[str, StageResult]]) -> d
                 entry[extra] = summarize([row[extra] for row in rows])
         entry["per_seed"] = {str(seed): row for seed, row in zip(bench.seeds, rows, strict=True)}
         methods[key] = entry
-    return {"benchmark": bench.name, "seeds": list(bench.seeds), "methods": methods}
+    summary = {
+        "benchmark": bench.name,
+        "seeds": list(bench.seeds),
+        "seed_role": bench.seed_role,
+        "tuning_seeds": list(bench.tuning_seeds),
+        "report_seeds": list(bench.report_seeds),
+        "methods": methods,
+    }
+    summary["comparisons"] = comparisons(methods)
+    return summary
+
+
+def method_of_interest(methods: dict[str, Any]) -> str | None:
+    """The row the others are compared with: the first ``ltu:*`` row (None without one)."""
+    return next((key for key in methods if key.split(":")[0] == "ltu"), None)
+
+
+def comparisons(methods: dict[str, Any], metric: str = "avg_gap") -> list[dict[str, Any]]:
+    """The method of interest against every other row except Retrain (Avg.Gap's reference),
+    paired over seeds: differences, bootstrap 95 % interval, Wilcoxon p and ``resolved``."""
+    reference = method_of_interest(methods)
+    if reference is None:
+        return []
+    rows = {k: v for k, v in methods.items() if k != "retrain"}
+    return [c.as_dict() for c in compare_to_all(rows, reference, metric)]
+
+
+def _p(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3g}"
+
+
+def comparison_table(summary: dict[str, Any]) -> str:
+    """The comparisons as markdown: which differences of Avg.Gap are resolved; an empty string
+    when the table has no ``ltu:*`` row."""
+    rows = summary.get("comparisons") or []
+    if not rows:
+        return ""
+    head = "| other row | mean difference | 95 % interval | Wilcoxon p | lower on | resolved |"
+    lines = [head, "|" + "---|" * 6]
+    for c in rows:
+        several = c["resolved"] is not None
+        interval = f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]" if several else "n/a"
+        resolved = {True: "**yes**", False: "no", None: "n/a"}[c["resolved"]]
+        cells = [
+            c["other"],
+            f"{c['mean']:+.2f}",
+            interval,
+            _p(c["p_wilcoxon"]) if several else "n/a",
+        ]
+        cells += [f"{c['lower_on']}/{len(c['seeds'])}", resolved]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _fmt(stat: dict[str, float], digits: int = 2, seeds: int = 2) -> str:
@@ -146,8 +198,17 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
             ]
         )
     _write_text(out / "results.csv", buf.getvalue())
-    md = (
-        f"# Benchmark `{summary['benchmark']}`\n\nSeeds: {summary['seeds']}. "
+    md = f"# Benchmark `{summary['benchmark']}`\n\n"
+    if summary.get("seed_role") == "tuning":
+        md += (
+            f"**Tuning table, not a report**: seeds {summary['seeds']} include tuning seeds "
+            f"{summary['tuning_seeds']} (hyperparameters were chosen on them); report on the "
+            f"report seeds {summary['report_seeds']}.\n\n"
+        )
+    md += (
+        f"Seeds: {summary['seeds']}"
+        + (f" ({summary['seed_role']} seeds)" if summary.get("seed_role") else "")
+        + ". "
         + ("Mean ± std over seeds; " if len(summary["seeds"]) > 1 else "One seed (no spread); ")
         + "metrics in percent except loss-AUC (0.5 = forget set indistinguishable from test data); "
         "Avg.Gap against Retrain of the same seed (lower is better); RTE = retrain time / unlearning "
@@ -163,6 +224,16 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
     classes = class_table(summary)
     if classes:
         md += "\nTest accuracy by class group (class-wise forgetting):\n\n" + classes + "\n"
+    compared = comparison_table(summary)
+    if compared:
+        reference = summary["comparisons"][0]["method"]
+        md += (
+            f"\n## `{reference}` against every other row (Avg.Gap)\n\n"
+            f"Paired over seeds: mean of `{reference}` − other (negative: `{reference}` is "
+            "lower), seeded bootstrap 95 % interval of that mean, two-sided Wilcoxon "
+            f"signed-rank p, seeds on which `{reference}` is lower; resolved = the interval "
+            "excludes 0 (n/a for one seed).\n\n" + compared + "\n"
+        )
     _write_text(out / "results.md", md)
     return [out / "results.json", out / "results.csv", out / "results.md", *plot(summary, out)]
 

@@ -114,6 +114,18 @@ class Benchmark:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: W&B group of this invocation; None logs no W&B runs (``ltu benchmark --wandb`` sets it)
     wandb_group: str | None = None
+    #: pre-registered seed roles: hyperparameters are chosen on ``tuning_seeds`` (``ltu tune``),
+    #: results reported on ``report_seeds``; disjoint (empty: the config names no roles)
+    tuning_seeds: list[int] = field(default_factory=list)
+    report_seeds: list[int] = field(default_factory=list)
+
+    @property
+    def seed_role(self) -> str | None:
+        """``tuning`` when :attr:`seeds` include a tuning seed (a tuning table, not a report),
+        ``report`` otherwise; None when the config names no seed roles."""
+        if not (self.tuning_seeds or self.report_seeds):
+            return None
+        return "tuning" if set(self.seeds) & set(self.tuning_seeds) else "report"
 
     def stage(
         self,
@@ -215,11 +227,55 @@ def _overrides(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
+def resolve_seeds(
+    seeds: int | list[int] | None,
+    tuning_seeds: list[int],
+    report_seeds: list[int],
+    on_tuning_seeds: bool = False,
+) -> list[int]:
+    """The seeds ``ltu benchmark`` runs: every report seed by default, the first N of them for
+    ``--seeds N`` (seeds 0..N-1 when the config names no report seeds), or a given list.
+
+    Seeds that hyperparameters were chosen on (``tuning_seeds``) are refused unless
+    ``on_tuning_seeds`` (the table is then labelled a tuning table).
+    """
+    if set(tuning_seeds) & set(report_seeds):
+        raise LTUError(
+            f"--tuning_seeds {sorted(tuning_seeds)} and --report_seeds {sorted(report_seeds)} "
+            f"share {sorted(set(tuning_seeds) & set(report_seeds))}; make them disjoint"
+        )
+    if seeds is None:
+        chosen = list(report_seeds) or [0]
+    elif isinstance(seeds, int):
+        if seeds < 1:
+            raise LTUError(f"--seeds {seeds} runs nothing; pass --seeds N (N ≥ 1) or a list")
+        if report_seeds and seeds > len(report_seeds):
+            raise LTUError(
+                f"--seeds {seeds} asks for more than the {len(report_seeds)} report seeds "
+                f"{report_seeds}; pass --seeds as a list of seeds or add --report_seeds"
+            )
+        chosen = list(report_seeds[:seeds]) if report_seeds else list(range(seeds))
+    else:
+        chosen = list(seeds)
+    if not chosen:
+        raise LTUError("no seeds to run: pass --seeds N (N ≥ 1) or a list of seeds")
+    tuned = sorted(set(chosen) & set(tuning_seeds))
+    if tuned and not on_tuning_seeds:
+        raise LTUError(
+            f"seeds {tuned} are tuning seeds (hyperparameters were chosen on them), so a table "
+            f"on them is no report; choose --seeds among the report seeds {report_seeds} or pass "
+            "--on_tuning_seeds true to write a table labelled as a tuning table"
+        )
+    return chosen
+
+
 def load_benchmark(cfg: Any) -> Benchmark:
     """Build a :class:`Benchmark` from the parsed ``ltu benchmark`` configuration."""
-    seeds = list(range(cfg.seeds)) if isinstance(cfg.seeds, int) else list(cfg.seeds)
-    if not seeds:
-        raise LTUError("no seeds to run: pass --seeds N (N ≥ 1) or a list of seeds")
+    tuning_seeds = list(getattr(cfg, "tuning_seeds", None) or [])
+    report_seeds = list(getattr(cfg, "report_seeds", None) or [])
+    seeds = resolve_seeds(
+        cfg.seeds, tuning_seeds, report_seeds, bool(getattr(cfg, "on_tuning_seeds", False))
+    )
     methods = []
     for m in cfg.methods:
         m = dict(m)
@@ -243,4 +299,6 @@ def load_benchmark(cfg: Any) -> Benchmark:
         seeds,
         Path(cfg.out),
         _overrides(cfg.overrides, "--overrides:"),
+        tuning_seeds=tuning_seeds,
+        report_seeds=report_seeds,
     )

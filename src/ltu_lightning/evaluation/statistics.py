@@ -37,11 +37,13 @@ class PairedComparison:
 
     @property
     def resolved(self) -> bool:
-        """True when the bootstrap interval excludes 0."""
-        return self.ci_low > 0 or self.ci_high < 0
+        """True when the bootstrap interval excludes 0 (never for a single seed: one
+        difference has no spread to resolve it against)."""
+        return len(self.differences) > 1 and (self.ci_low > 0 or self.ci_high < 0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "resolved": self.resolved}
+        """Plain data (``resolved`` is None for a single seed: the question does not apply)."""
+        return {**asdict(self), "resolved": self.resolved if len(self.differences) > 1 else None}
 
 
 def bootstrap_interval(

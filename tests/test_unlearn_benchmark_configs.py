@@ -121,6 +121,17 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
         if ":" not in key:
             assert entry["no_gain"] == 0
     assert results["methods"]["retrain"]["avg_gap"]["mean"] == 0.0  # against itself
+    # images read, measured from the roles each fit's data module built (test split and
+    # validation half left out): full access reads D_f and D_r, LTU on top of the retain subset
+    # that a partial-access baseline reads, the auditor half of the holdout
+    seed_root = out / f"seed_{results['seeds'][0]}"
+    sizes = json.loads((seed_root / "split_manifest.json").read_text())["sizes"]
+    read = {k: e["images_read"]["mean"] for k, e in results["methods"].items()}
+    assert read["retrain"] == sizes["remaining"]
+    if "ft:full" in read:
+        assert read["ft:full"] == sizes["forget"] + sizes["remaining"]
+    if "ltu:partial" in read and "ft:partial" in read:
+        assert read["ltu:partial"] == read["ft:partial"] + sizes["holdout_audit"]
     for name in ("results.csv", "results.md", "avg_gap_vs_time.png", "metrics_bars.png"):
         assert (out / name).is_file()
     # Class-wise benchmarks report the remaining and forgotten classes apart (docs/protocol.md).

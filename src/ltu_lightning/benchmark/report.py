@@ -38,6 +38,8 @@ def aggregate(bench: Benchmark, results: dict[int, dict[str, StageResult]]) -> d
         entry["failed"] = int(sum(row.get("failed", 0.0) for row in rows))
         entry["no_gain"] = int(sum(row.get("no_gain", 0.0) for row in rows))
         entry["access"] = access.get(key)
+        read = [row["images_read"] for row in rows if "images_read" in row]
+        entry["images_read"] = summarize(read) if len(read) == len(rows) else None
         verdicts = [forgetting_verdict(results[seed][key].metrics) for seed in bench.seeds]
         entry["verdicts"] = {v: verdicts.count(v) for v in VERDICTS}
         if "TA_forgotten_classes" in rows[0]:
@@ -130,15 +132,23 @@ COLUMNS = [
 ]
 
 
+def _images_cell(stat: dict[str, float] | None) -> str:
+    """Images read: the count (the mean when it varies over seeds), ``-`` when not recorded."""
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.0f}" + (f" ± {stat['std']:.0f}" if stat["std"] > 0 else "")
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     head = ["method", "access"] + [name for _, name, _ in COLUMNS]
-    head += ["collapsed", "failed", "no gain", "detectable"]
+    head += ["images read", "collapsed", "failed", "no gain", "detectable"]
     seeds = len(summary["seeds"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, entry in summary["methods"].items():
         cells = [key.split(":")[0], entry["access"] or "-"]
         cells += [_fmt(entry[m], d, seeds) for m, _, d in COLUMNS]
         cells += [
+            _images_cell(entry.get("images_read")),
             str(entry["collapsed"]),
             str(entry.get("failed", 0)),
             str(entry.get("no_gain", 0)),
@@ -179,6 +189,7 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
             "method",
             "access",
             *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
+            "images_read",
             "collapsed",
             "failed",
             "no_gain",
@@ -191,6 +202,7 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
                 key,
                 entry["access"] or "",
                 *[entry[m][s] for m in METRICS for s in ("mean", "std")],
+                (entry.get("images_read") or {}).get("mean", ""),
                 entry["collapsed"],
                 entry.get("failed", 0),
                 entry.get("no_gain", 0),
@@ -212,7 +224,10 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
         + ("Mean ± std over seeds; " if len(summary["seeds"]) > 1 else "One seed (no spread); ")
         + "metrics in percent except loss-AUC (0.5 = forget set indistinguishable from test data); "
         "Avg.Gap against Retrain of the same seed (lower is better); RTE = retrain time / unlearning "
-        "time; collapsed = seeds with TA < 50; failed = seeds stopped by a guard (non-finite "
+        "time; images read = distinct training and holdout images the row's fit read (D_f, the "
+        "retain data of its access, the auditor half of the holdout if used; the validation "
+        "half, read by every row for checkpoint selection, is not counted); collapsed = seeds "
+        "with TA < 50; failed = seeds stopped by a guard (non-finite "
         "step), reported from their last good checkpoint (the starting model if stopped in "
         "their first epoch); no gain = seeds whose kept epoch did "
         "not beat the starting model on the validation criterion; detectable = the two-sided "

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ltu_lightning.benchmark.progress import StageEvents
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.metrics import avg_gap
@@ -21,6 +23,9 @@ from ltu_lightning.tracking import finish_wandb_stage, wandb_stage_logger
 from ltu_lightning.utils.files import write_json_atomic
 
 REFERENCE_STAGES = ("original", "retrain")
+#: roles every stage reads that ``images_read`` leaves out: the validation half of the holdout
+#: (every method's checkpoint selection) and the test split (evaluation only)
+NOT_COUNTED = ("holdout_val", "test")
 
 
 @dataclass
@@ -52,11 +57,28 @@ class StageResult:
     best_score: float | None = None
 
 
+def images_read(datamodule: Any) -> int | None:
+    """Distinct training and holdout images a fit read: the union of the pool indices of the
+    roles its data module built (``roles_read``) except :data:`NOT_COUNTED`; e.g. partial
+    access |D_f| + |D̂_r|, full access |D_f| + |D_r|, plus the auditor half of the holdout for
+    LTU's auditors. None for a data module that does not record its roles."""
+    if not hasattr(datamodule, "roles_read") or not hasattr(datamodule, "role_indices"):
+        return None
+    roles = [r for r in datamodule.roles_read if r not in NOT_COUNTED]
+    if not roles:
+        return 0
+    return int(np.unique(np.concatenate([datamodule.role_indices(r) for r in roles])).size)
+
+
 def run_stage(stage: Stage, reference: dict[str, float] | None = None) -> StageResult:
     """Fit one stage, then evaluate its selected checkpoint with the protocol's metrics (and,
-    in a W&B run's summary, its Avg.Gap to ``reference``: the retrained model's metrics)."""
+    in a W&B run's summary, its Avg.Gap to ``reference``: the retrained model's metrics); the
+    images the fit read are counted before the evaluation reads more."""
     fit = stage.fit()
+    read = images_read(fit.cli.datamodule)
     metrics = stage.evaluate(fit.checkpoint, fit.cli)
+    if read is not None:
+        metrics["images_read"] = float(read)
     metrics["time_s"] = fit.time_s
     metrics["failed"] = float(fit.failure is not None)
     judge = getattr(fit.cli.model, "no_gain", None)  # unlearning modules only
@@ -80,9 +102,12 @@ def reevaluate_stage(stage: Stage) -> StageResult | None:
     path, last = stage.root / "metrics.json", stage.root / "checkpoints" / "last.ckpt"
     if not (path.is_file() and last.is_file() and stage.manifest.is_file()):
         return None
-    time_s = json.loads(path.read_text())["time_s"]
+    earlier = json.loads(path.read_text())
+    time_s = earlier["time_s"]
     metrics = stage.evaluate(last)
     metrics["time_s"] = time_s
+    if "images_read" in earlier["metrics"]:  # what its fit read, not its evaluation
+        metrics["images_read"] = earlier["metrics"]["images_read"]
     _write_metrics(stage.root, metrics, FitResult(None, time_s, None, last))
     return StageResult(metrics, time_s)
 

@@ -133,6 +133,8 @@ class UnlearningDataModule(L.LightningDataModule):
         self._user_bundle: DatasetBundle | None = None
         self._holdout_indices: np.ndarray | None = None
         self._forget_indices: tuple[int, ...] | None = None
+        #: the roles whose datasets were built so far (``ltu benchmark`` counts the images read)
+        self.roles_read: set[str] = set()
 
     # ------------------------------------------------------------- adapters
     @classmethod
@@ -323,6 +325,7 @@ class UnlearningDataModule(L.LightningDataModule):
         assert self.bundle is not None and self.manifest is not None
         if role not in ROLES and role != "test":
             raise LTUError(f"unknown role {role!r}; choose 'test' or one of {', '.join(ROLES)}")
+        self.roles_read.add(role)
         if self._user_bundle is not None:  # the user's items, unchanged
             if role == "test":
                 return self.bundle.test

@@ -23,6 +23,7 @@ from ltu_lightning.benchmark.progress import (
 )
 from ltu_lightning.benchmark.report import aggregate, markdown_table, write_reports
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, load_benchmark
+from ltu_lightning.benchmark.search import read_spaces, read_tuned, search
 from ltu_lightning.benchmark.tuning import tune, tuning_markdown
 from ltu_lightning.errors import LTUError
 from ltu_lightning.quiet import quiet_wandb
@@ -105,6 +106,13 @@ def build_parser() -> ArgumentParser:
         help='run only these method keys: "ltu:partial,ft:full" or a JSON list',
     )
     parser.add_argument(
+        "--tuned",
+        type=str | None,
+        default=None,
+        help="chosen.yaml of ltu tune --search: {method key: {config key: value}}, applied after "
+        "each method's own overrides",
+    )
+    parser.add_argument(
         "--overwrite",
         type=bool,
         nargs="?",
@@ -129,10 +137,23 @@ def build_tune_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ltu tune", description=TUNE_HELP)
     parser.add_argument("--benchmark", type=str, required=True, help="benchmark YAML")
     parser.add_argument(
+        "--search",
+        type=str | None,
+        default=None,
+        help="folder of Optuna search spaces, <method>_<access>.yaml each: {config key: {low, high, "
+        "log} | {choices: [...]}}; writes chosen.yaml (for ltu benchmark --tuned) and search.md",
+    )
+    parser.add_argument(
+        "--trials", type=int, default=12, help="--search: trials per method (the same for each)"
+    )
+    parser.add_argument(
+        "--sampler_seed", type=int, default=0, help="--search: seed of the TPE sampler"
+    )
+    parser.add_argument(
         "--grid",
-        type=str,
-        required=True,
-        help="YAML mapping a method key of the benchmark to {config key: [values]}",
+        type=str | None,
+        default=None,
+        help="instead of --search: YAML mapping a method key to {config key: [values]}",
     )
     parser.add_argument(
         "--seeds",
@@ -162,6 +183,7 @@ def _load_and_select(cfg: Namespace) -> Benchmark:
             f"{out}/results.json already exists; pass --overwrite to replace it or choose another --out"
         )
     bench = load_benchmark(cfg)
+    keys = {m.key for m in bench.methods}
     if cfg.wandb:
         bench.wandb_group = benchmark_group(bench.name)
     only = cfg.only
@@ -174,6 +196,15 @@ def _load_and_select(cfg: Namespace) -> Benchmark:
                 f"--only names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
             )
         bench.methods = [m for m in bench.methods if m.key in only]
+    if getattr(cfg, "tuned", None):
+        tuned = read_tuned(cfg.tuned)
+        unknown = set(tuned) - keys
+        if unknown:
+            raise LTUError(
+                f"--tuned {cfg.tuned!r} names methods {sorted(unknown)} not in the benchmark"
+            )
+        for method in bench.methods:
+            method.overrides = {**method.overrides, **tuned.get(method.key, {})}
     return bench
 
 
@@ -225,12 +256,8 @@ def benchmark_config(cfg: Namespace) -> dict[str, Any]:
 def tune_main(cfg: Namespace) -> None:
     """Run ``ltu tune`` from its parsed arguments: writes tuning.json and tuning.md to --out."""
     bench = load_benchmark(build_parser().parse_args(["--config", cfg.benchmark]))
-    try:
-        grids = yaml.safe_load(Path(cfg.grid).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise LTUError(f"cannot read --grid {cfg.grid!r} ({err}); pass a grid YAML") from err
-    if cfg.only:
-        grids = {k: v for k, v in grids.items() if k in cfg.only}
+    if (cfg.grid is None) == (cfg.search is None):
+        raise LTUError("pass either --search <folder of search spaces> or --grid <grid YAML>")
     seeds = cfg.seeds or bench.tuning_seeds
     if not seeds:
         raise LTUError(
@@ -243,8 +270,26 @@ def tune_main(cfg: Namespace) -> None:
             f"{bench.tuning_seeds} or other seeds outside {bench.report_seeds}"
         )
     out = Path(cfg.out)
-    report = tune(bench, grids, seeds, out, progress=lambda s: print(s, flush=True))
+    if cfg.search is not None:
+        spaces = read_spaces(Path(cfg.search), bench, cfg.only)
+        search(bench, spaces, seeds, out, cfg.trials, cfg.sampler_seed, _progress)
+        print((out / "search.md").read_text())
+        print(
+            f"wrote {out / 'chosen.yaml'} (pass it as ltu benchmark --tuned) and {out / 'search.md'}"
+        )
+        return
+    try:
+        grids = yaml.safe_load(Path(cfg.grid).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise LTUError(f"cannot read --grid {cfg.grid!r} ({err}); pass a grid YAML") from err
+    if cfg.only:
+        grids = {k: v for k, v in grids.items() if k in cfg.only}
+    report = tune(bench, grids, seeds, out, progress=_progress)
     text = tuning_markdown(report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tuning.md").write_text(text)
     print(text)
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)

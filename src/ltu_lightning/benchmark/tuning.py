@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ltu_lightning.benchmark.runner import Benchmark, cached_stage, run_stage
+from ltu_lightning.benchmark.runner import Benchmark, MethodSpec, cached_stage, run_stage
 from ltu_lightning.errors import LTUError
 from ltu_lightning.utils.files import write_json_atomic
 
@@ -82,46 +82,55 @@ def tune(
             f"grid names unknown methods {sorted(unknown)}; known: {[m.key for m in bench.methods]}"
         )
     bench = replace(bench, out=out)  # each seed's split and original model live under ``out``
-    for seed in seeds:
-        original = bench.stage("original", seed)
-        if cached_stage(original.root) is None or not original.manifest.exists():
-            progress(f"[tune] original model for seed {seed} ...")
-            run_stage(original)
+    ensure_originals(bench, seeds, progress)
     report: dict[str, Any] = {"benchmark": bench.name, "seeds": seeds, "methods": {}}
     for method in bench.methods:
         if method.key not in grids:
             continue
         rows = []
         for i, point in enumerate(grid_points(grids[method.key])):
-            per_seed: dict[str, dict[str, Any]] = {}
-            for seed in seeds:
-                root = out / f"seed_{seed}" / method.folder / f"point_{i}"
-                stage = bench.stage(method.key, seed, root=root, extra=point_overrides(point))
-                fit = stage.fit()
-                per_seed[str(seed)] = {
-                    "criterion": fit.best_score,
-                    # None for a fit refused before its first checkpoint (reported from the
-                    # original model, scored +inf)
-                    "epoch": _best_epoch(fit.checkpoint)
-                    if fit.checkpoint.is_relative_to(root)
-                    else None,
-                    "time_s": fit.time_s,
-                }
-            mean, std = _mean_std([r["criterion"] for r in per_seed.values()])
-            rows.append(
-                {
-                    "point": point,
-                    "criterion": mean,
-                    "criterion_std": std,
-                    "per_seed": per_seed,
-                    "time_s": sum(r["time_s"] for r in per_seed.values()),
-                }
-            )
+            rows.append(score_point(bench, method, seeds, f"point_{i}", point))
             progress(f"[tune] {method.key} {point}: val criterion {_score(rows[-1])}")
         best = min(rows, key=lambda r: r["criterion"])
         report["methods"][method.key] = {"grid": grids[method.key], "points": rows, "chosen": best}
         write_json_atomic(out / "tuning.json", report)
     return report
+
+
+def ensure_originals(bench: Benchmark, seeds: Sequence[int], progress=print) -> None:
+    """Train each seed's original model (and split) under ``bench.out`` unless it exists."""
+    for seed in seeds:
+        original = bench.stage("original", seed)
+        if cached_stage(original.root) is None or not original.manifest.exists():
+            progress(f"[tune] original model for seed {seed} ...")
+            run_stage(original)
+
+
+def score_point(
+    bench: Benchmark, method: MethodSpec, seeds: Sequence[int], name: str, point: dict[str, Any]
+) -> dict[str, Any]:
+    """Fit ``method`` with ``point``'s overrides on every seed (in ``seed_<s>/<method>/<name>``):
+    the mean and std over seeds of each fit's best validation criterion (+inf if one failed)."""
+    per_seed: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        root = bench.out / f"seed_{seed}" / method.folder / name
+        stage = bench.stage(method.key, seed, root=root, extra=point_overrides(point))
+        fit = stage.fit()
+        per_seed[str(seed)] = {
+            "criterion": fit.best_score,
+            # None for a fit refused before its first checkpoint (reported from the original
+            # model, scored +inf)
+            "epoch": _best_epoch(fit.checkpoint) if fit.checkpoint.is_relative_to(root) else None,
+            "time_s": fit.time_s,
+        }
+    mean, std = _mean_std([r["criterion"] for r in per_seed.values()])
+    return {
+        "point": point,
+        "criterion": mean,
+        "criterion_std": std,
+        "per_seed": per_seed,
+        "time_s": sum(r["time_s"] for r in per_seed.values()),
+    }
 
 
 def _score(row: dict[str, Any]) -> str:

@@ -1,0 +1,84 @@
+"""``ltu tune --search``: Optuna studies per method, resumable, chosen values for the benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ltu_lightning.benchmark.cli import _load_and_select, build_parser
+from ltu_lightning.benchmark.search import read_space
+from ltu_lightning.errors import LTUError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+LR = "model.init_args.optimizer.init_args.lr"
+METHODS = ("ft:partial", "ga:partial")
+
+
+def _benchmark(tmp_path: Path) -> Path:
+    digits = CONFIGS / "unlearn" / "datasets" / "digits.yaml"
+    bench = {
+        "name": "tiny",
+        "original": str(CONFIGS / "pretrain" / "digits.yaml"),
+        "retrain": str(CONFIGS / "retrain" / "digits.yaml"),
+        "tuning_seeds": [0],
+        "report_seeds": [100],
+        "methods": [
+            {"key": key, "config": [str(CONFIGS / "unlearn" / f"{key.split(':')[0]}_fmnist5k.yaml"), str(digits)],
+             "overrides": {"trainer.max_epochs": 1}}
+            for key in METHODS
+        ],
+        "overrides": {"trainer.max_epochs": 1},
+    }  # fmt: skip
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    return path
+
+
+@pytest.mark.timeout(900)
+def test_two_methods_two_trials_resumed_and_read_by_the_benchmark(in_tmp, run_ltu) -> None:
+    bench = _benchmark(in_tmp)
+    spaces = in_tmp / "spaces"
+    spaces.mkdir()
+    for key in METHODS:
+        space = {LR: {"low": 0.001, "high": 0.05, "log": True}}
+        (spaces / f"{key.replace(':', '_')}.yaml").write_text(yaml.safe_dump(space))
+    out = in_tmp / "search"
+    tune = ["tune", "--benchmark", bench, "--search", spaces, "--out", out]
+    run_ltu([*tune, "--trials", "2"])
+    trials = {
+        key: sorted(p.name for p in (out / "seed_0" / key.replace(":", "_")).iterdir())
+        for key in METHODS
+    }
+    assert trials == {key: ["trial_0", "trial_1"] for key in METHODS}
+    chosen = yaml.safe_load((out / "chosen.yaml").read_text())
+    assert set(chosen) == set(METHODS)
+    assert all(0.001 <= chosen[key][LR] <= 0.05 for key in METHODS)
+    md = (out / "search.md").read_text()
+    assert md.count("| 0 | {") == 2 and md.count("| 1 | {") == 2 and "| 2 | {" not in md
+    # resumed: the studies continue from their SQLite storage, up to 3 trials each
+    run_ltu([*tune, "--trials", "3"])
+    for key in METHODS:
+        folder = out / "seed_0" / key.replace(":", "_")
+        assert sorted(p.name for p in folder.iterdir()) == ["trial_0", "trial_1", "trial_2"]
+    assert (out / "search.md").read_text().count("| 2 | {") == 2
+    # the benchmark applies the chosen values after each method's own overrides
+    chosen = yaml.safe_load((out / "chosen.yaml").read_text())
+    cfg = build_parser().parse_args(["--config", str(bench), "--tuned", str(out / "chosen.yaml")])
+    loaded = {m.key: m.overrides for m in _load_and_select(cfg).methods}
+    for key in METHODS:
+        assert loaded[key][LR] == chosen[key][LR]
+        assert loaded[key]["trainer.max_epochs"] == 1
+
+
+def test_a_search_space_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "ft_partial.yaml"
+    path.write_text(yaml.safe_dump({LR: {"low": 0.1, "high": 0.01}}))
+    with pytest.raises(LTUError, match="must be \\{low: a, high: b"):
+        read_space(path)
+    path.write_text(
+        yaml.safe_dump({LR: {"choices": [0.1, 0.2]}, "trainer.max_epochs": {"low": 1, "high": 3}})
+    )
+    assert set(read_space(path)) == {LR, "trainer.max_epochs"}

@@ -1,8 +1,10 @@
 """The ``ltu benchmark`` and ``ltu tune`` subcommands: their parsers and what they run.
 
-    ltu benchmark --config configs/benchmark/<name>.yaml [--seeds N] [--out DIR]
+    ltu benchmark --config configs/benchmark/<name>.yaml [--seeds N] [--out DIR] [--tuned YAML]
+    ltu tune --benchmark configs/benchmark/digits.yaml \
+        --search experiments/search/digits --trials 12 --out runs/search/digits
     ltu tune --benchmark configs/benchmark/fmnist5k.yaml \
-        --grid experiments/tuning/fmnist5k.yaml --seeds 0 1 2 --out runs/tune/fmnist5k
+        --grid experiments/tuning/fmnist5k.yaml --out runs/tune/fmnist5k
 """
 
 from __future__ import annotations

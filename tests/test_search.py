@@ -64,6 +64,11 @@ def test_two_methods_two_trials_resumed_and_read_by_the_benchmark(in_tmp, run_lt
         folder = out / "seed_0" / key.replace(":", "_")
         assert sorted(p.name for p in folder.iterdir()) == ["trial_0", "trial_1", "trial_2"]
     assert (out / "search.md").read_text().count("| 2 | {") == 2
+    # a run with --only continues one study; the report still lists the other method's
+    run_ltu([*tune, "--trials", "4", "--only", METHODS[0]])
+    assert set(yaml.safe_load((out / "chosen.yaml").read_text())) == set(METHODS)
+    md = (out / "search.md").read_text()
+    assert md.count("| 3 | {") == 1 and md.count("| 2 | {") == 2
     # the benchmark applies the chosen values after each method's own overrides
     chosen = yaml.safe_load((out / "chosen.yaml").read_text())
     cfg = build_parser().parse_args(["--config", str(bench), "--tuned", str(out / "chosen.yaml")])

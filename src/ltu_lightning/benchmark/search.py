@@ -73,7 +73,8 @@ def search(
 ) -> dict[str, Any]:
     """Run (or continue) one study per method of ``spaces`` until it has ``trials`` finished
     trials; return ``{method key: {"chosen": point, "value": mean criterion, "trials": [...]}}``
-    and write ``chosen.yaml`` and ``search.md`` to ``out``."""
+    for every method of the benchmark with a study in the storage, and write ``chosen.yaml`` and
+    ``search.md`` to ``out``."""
     import optuna
 
     if trials < 1:
@@ -106,6 +107,13 @@ def search(
             progress(f"[search] {method.key}: {len(done)} trials done, running {left}")
             study.optimize(_objective(bench, method, spaces[method.key], seeds, progress), left)
         report[method.key] = _summary(study)
+    # the report covers every study of this benchmark in the storage (earlier runs with --only
+    # included), so chosen.yaml and search.md never drop a method searched before
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    for method in bench.methods:
+        name = f"{bench.name}/{method.key}"
+        if method.key not in report and name in names:
+            report[method.key] = _summary(optuna.load_study(study_name=name, storage=storage))
     _write(out, bench.name, seeds, trials, sampler_seed, report)
     return report
 

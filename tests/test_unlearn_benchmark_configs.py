@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fake_datasets import write_cifar10, write_cifar100
+from fake_datasets import write_cifar10, write_cifar100, write_mnist
 from ltu_lightning.benchmark.tuning import grid_points
 from test_configs_foundation import TINY
 
@@ -20,7 +20,12 @@ GRIDS = REPO / "experiments" / "tuning"
 LTU_CONFIGS = sorted((CONFIGS / "unlearn").glob("ltu_*.yaml"))
 ABLATIONS = sorted((CONFIGS / "unlearn" / "ablations").glob("*.yaml"))
 BENCHMARKS = sorted((CONFIGS / "benchmark").glob("*.yaml"))
-FAKE = {"cifar10": write_cifar10, "cifar100": write_cifar100}
+FAKE = {
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "fashion_mnist": lambda root: write_mnist(root, "FashionMNIST"),
+}
+CIFAR = ("cifar10", "cifar100")
 
 
 def dataset_of(config: Path) -> str:
@@ -87,6 +92,7 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     if dataset in FAKE:
         FAKE[dataset](in_tmp / "data")
         overrides["data.init_args.holdout"] = 0.2
+    if dataset in CIFAR:
         # every row trains a ResNet-18: 16x16 images (2x2 at its last block) and one batch a
         # stage keep the CIFAR benchmarks' dozen stages within CI's budget
         overrides |= {"data.init_args.image_size": 16, "trainer.limit_train_batches": 1}
@@ -102,7 +108,7 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     # The demo benchmark, the smoke runs and the CIFAR benchmarks (every baseline through its
     # dataset fragment) run every method; the others run their first (each method's stage config
     # is exercised on its own by the unlearning-config tests) to keep CI short.
-    every = spec["name"] in ("fmnist5k", "digits", "mnist5k") or dataset in FAKE
+    every = spec["name"] in ("fmnist5k", "digits", "mnist5k") or dataset in CIFAR
     methods = spec["methods"] if every else spec["methods"][:1]
     only = ["--only", json.dumps([m["key"] for m in methods])]
     run_ltu(["benchmark", "--config", bench, "--out", out, "--seeds", "1", *only,

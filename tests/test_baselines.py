@@ -8,6 +8,7 @@ import inspect
 import math
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -622,3 +623,26 @@ def test_config_runs_through_the_cli(name, fmnist_original, monkeypatch):
         if state.get("monitor") == "val/criterion"
     ]
     assert scores and all(torch.isfinite(torch.as_tensor(s)) for s in scores)
+
+
+@pytest.mark.parametrize("meta", [True, False])
+def test_ltu_without_meta_steps_on_the_whole_batch(meta: bool) -> None:
+    """The no-meta ablation is a joint step on every sample of the batch, not on a support half."""
+    model = LTUModule(_backbone(), remember_loss="ce", holdout_distill_weight=0.0, meta=meta)
+    seen: dict[str, int | None] = {}
+
+    def step(l_r, l_f, support_r, query_r, support_f, query_f):  # noqa: ANN001, ANN202
+        seen.update(
+            support_r=len(support_r[1]),
+            query_r=None if query_r is None else len(query_r[1]),
+            support_f=len(support_f[1]),
+        )
+        return {}
+
+    model.harmonizer = SimpleNamespace(step=step)
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    model.training_step({"forget": (x[:4], y[:4]), "retain": (x, y)}, 0)
+    if meta:
+        assert seen == {"support_r": 4, "query_r": 4, "support_f": 2}
+    else:
+        assert seen == {"support_r": 8, "query_r": None, "support_f": 4}

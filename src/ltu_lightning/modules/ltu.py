@@ -1,7 +1,8 @@
 """``LTUModule``: Learning to Unlearn (Huang, Foo, Liu, ECCV 2024) as a LightningModule.
 
 Each training step draws a forget batch and a retain batch (from the retain subset D̂_r under
-partial access), splits each into disjoint support and query halves, and hands them to the
+partial access), splits each into disjoint support and query halves (``meta=False``, the joint-step
+ablation, keeps whole batches), and hands them to the
 :class:`~ltu_lightning.optim.MetaHarmonizer` (meta-tune, meta-test, meta-update with gradient
 harmonization). The forgetting feedback comes from K differentiable membership auditors fitted
 on the original model's outputs (members: D̂_r; non-members: the auditor half of the holdout).
@@ -209,8 +210,11 @@ class LTUModule(UnlearningModule):
 
     def training_step(self, batch: dict[str, Batch], batch_idx: int) -> None:
         assert self.harmonizer is not None
-        support_f, query_f = self.split_support_query(batch["forget"])
-        support_r, query_r = self.split_support_query(batch["retain"])
+        if self.meta_settings.meta:
+            support_f, query_f = self.split_support_query(batch["forget"])
+            support_r, query_r = self.split_support_query(batch["retain"])
+        else:  # no meta-test: the joint step uses the whole batch, not a support half of it
+            (support_f, query_f), (support_r, query_r) = (batch["forget"], None), (batch["retain"], None)
         stats = self.harmonizer.step(
             self.remembering_loss, self.forgetting_loss, support_r, query_r, support_f, query_f
         )

@@ -214,7 +214,10 @@ class LTUModule(UnlearningModule):
             support_f, query_f = self.split_support_query(batch["forget"])
             support_r, query_r = self.split_support_query(batch["retain"])
         else:  # no meta-test: the joint step uses the whole batch, not a support half of it
-            (support_f, query_f), (support_r, query_r) = (batch["forget"], None), (batch["retain"], None)
+            (support_f, query_f), (support_r, query_r) = (
+                (batch["forget"], None),
+                (batch["retain"], None),
+            )
         stats = self.harmonizer.step(
             self.remembering_loss, self.forgetting_loss, support_r, query_r, support_f, query_f
         )

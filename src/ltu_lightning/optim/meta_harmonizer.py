@@ -108,7 +108,7 @@ class SupportsStep(Protocol):
     def step(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def _grads(
+def loss_grads(
     loss: Tensor,
     inputs: Sequence[Tensor],
     *,
@@ -118,7 +118,8 @@ def _grads(
     """``d loss / d inputs``, zeros for inputs the loss does not use.
 
     ``torch.autograd.grad`` rather than ``backward``: nothing accumulates into ``.grad`` and no
-    DDP reducer hook fires, so the harmonizer alone decides what the optimizer sees.
+    DDP reducer hook fires, so the caller alone decides what the optimizer sees (the
+    harmonizer's step; LUR's virtual step).
     """
     if not loss.requires_grad:
         return [torch.zeros_like(x) for x in inputs]
@@ -272,9 +273,12 @@ class MetaHarmonizer:
                 )
             else:
                 l_r, l_f = losses_at(params, buffers, support_r, support_f)
-                g_r, g_f = _grads(l_r, params), _grads(self.settings.forget_weight * l_f, params)
+                g_r, g_f = (
+                    loss_grads(l_r, params),
+                    loss_grads(self.settings.forget_weight * l_f, params),
+                )
                 losses = [l_r, l_f]
-        g_r, g_f = _all_reduce_mean(g_r, world), _all_reduce_mean(g_f, world)
+        g_r, g_f = all_reduce_mean(g_r, world), all_reduce_mean(g_f, world)
         stats = pair_stats(g_r, g_f)
         update = self._harmonize(g_r, g_f)
         update = self._trust(update, params, self._outer_lr())
@@ -360,8 +364,8 @@ class MetaHarmonizer:
         fast: list[Tensor] = params
         for k in range(self.settings.inner_steps):
             l_r, l_f = losses_at(fast, buffers if k == 0 else fast_buffers, *support)
-            g_r = _all_reduce_mean(_grads(l_r, fast, create_graph=second), world, second)
-            g_f = _all_reduce_mean(_grads(l_f, fast, create_graph=second), world, second)
+            g_r = all_reduce_mean(loss_grads(l_r, fast, create_graph=second), world, second)
+            g_f = all_reduce_mean(loss_grads(l_f, fast, create_graph=second), world, second)
             if k == 0:
                 # The outer support terms are exactly these gradients at θ: reuse them.
                 at_theta = (l_r, l_f, g_r, g_f)
@@ -374,8 +378,8 @@ class MetaHarmonizer:
         # First order: gradients at θ' (leaves). Second order: through θ' back to θ, where the
         # two calls share the inner graph, so the first one keeps it.
         wrt = params if second else fast
-        q_r = _grads(self.settings.query_weight * lq_r, wrt, retain_graph=second)
-        q_f = _grads(self.settings.forget_weight * self.settings.query_weight * lq_f, wrt)
+        q_r = loss_grads(self.settings.query_weight * lq_r, wrt, retain_graph=second)
+        q_f = loss_grads(self.settings.forget_weight * self.settings.query_weight * lq_f, wrt)
         l_r, l_f, s_r, s_f = at_theta
         g_r = [s.detach() + q for s, q in zip(s_r, q_r, strict=True)]
         g_f = [self.settings.forget_weight * s.detach() + q for s, q in zip(s_f, q_f, strict=True)]
@@ -396,8 +400,10 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad)
 
 
-def _all_reduce_mean(grads: list[Tensor], world: int, differentiable: bool = False) -> list[Tensor]:
-    """Average ``grads`` across ``world`` ranks with one all-reduce of a flattened bucket."""
+def all_reduce_mean(grads: list[Tensor], world: int, differentiable: bool = False) -> list[Tensor]:
+    """Average ``grads`` across ``world`` ranks with one all-reduce of a flattened bucket
+    (``differentiable``: through an all-reduce whose backward is one too, for second-order
+    meta-gradients)."""
     if world == 1:
         return grads
     flat = torch.cat([g.reshape(-1) for g in grads])

@@ -8,7 +8,7 @@ The public API, for use in a user's own Lightning project:
   protocol a hand-written data module follows instead;
 - LightningModules: ``ClassifierModule`` (original model and retrain), ``LTUModule``, the
   baselines ``FineTune``, ``GradientAscent``, ``RandomLabel``, ``NegGradPlus``, ``L1Sparse``,
-  ``SalUn``, ``SCRUB``, ``BadTeacher``, and their base ``UnlearningModule``;
+  ``SalUn``, ``SCRUB``, ``BadTeacher``, ``LUR``, and their base ``UnlearningModule``;
 - plain-torch LTU parts: ``MetaHarmonizer`` (one LTU step inside any ``training_step``),
   ``harmonize``, ``AuditorEnsemble`` and ``make_forget_loss``;
 - ``evaluate_unlearning`` (the protocol's metrics), ``load_unlearned_weights`` (a network's
@@ -31,6 +31,7 @@ except PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "LUR",
     "SCRUB",
     "AuditorEnsemble",
     "BadTeacher",
@@ -70,6 +71,7 @@ _SOURCES = {
     "SalUn": "ltu_lightning.modules.baselines",
     "SCRUB": "ltu_lightning.modules.baselines",
     "BadTeacher": "ltu_lightning.modules.baselines",
+    "LUR": "ltu_lightning.modules.baselines",
     "MetaHarmonizer": "ltu_lightning.optim.meta_harmonizer",
     "harmonize": "ltu_lightning.optim.harmonize",
     "AuditorEnsemble": "ltu_lightning.audit.auditors",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from ltu_lightning.evaluation.protocol import evaluate_unlearning
     from ltu_lightning.modules.base import RunFolderGuard
     from ltu_lightning.modules.baselines import (
+        LUR,
         SCRUB,
         BadTeacher,
         FineTune,

@@ -6,6 +6,7 @@ the ``ltu`` CLI.
 
 from ltu_lightning.modules.base import BaseModule
 from ltu_lightning.modules.baselines import (
+    LUR,
     SCRUB,
     BadTeacher,
     BaselineModule,
@@ -21,6 +22,7 @@ from ltu_lightning.modules.ltu import LTUModule
 from ltu_lightning.modules.unlearning import UnlearningModule
 
 __all__ = [
+    "LUR",
     "SCRUB",
     "BadTeacher",
     "BaseModule",

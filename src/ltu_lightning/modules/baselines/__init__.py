@@ -19,6 +19,10 @@ training losses under ``train/`` and is selected by the same honest ``val/criter
                    (first ``max_steps`` epochs) and min-steps on the retain data.
 ``BadTeacher``     Bad Teaching (``bad_teacher.py``): distil the original on the retain data
                    and a randomly initialised network on D_f.
+``LUR``            LUR (``lur.py``): λ·L_u(θ) + CE_r(θ − α·m⊙∇L_u(θ)), the retain loss
+                   taken after a virtual unlearning step (first order by default), on
+                   SalUn's mask m and random labels; its open choices are arguments
+                   (docs/protocol.md, "LUR").
 =================  ====================================================================
 """
 
@@ -27,12 +31,14 @@ from ltu_lightning.modules.baselines.base import BaselineModule
 from ltu_lightning.modules.baselines.ft import FineTune
 from ltu_lightning.modules.baselines.ga import GradientAscent
 from ltu_lightning.modules.baselines.l1_sparse import L1Sparse
+from ltu_lightning.modules.baselines.lur import LUR
 from ltu_lightning.modules.baselines.neggrad_plus import NegGradPlus
 from ltu_lightning.modules.baselines.rl import RandomLabel
 from ltu_lightning.modules.baselines.salun import SalUn
 from ltu_lightning.modules.baselines.scrub import SCRUB
 
 __all__ = [
+    "LUR",
     "SCRUB",
     "BadTeacher",
     "BaselineModule",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import inspect
@@ -14,15 +15,18 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch.loggers import CSVLogger
 
 from conftest import _run_ltu
 from ltu_lightning.audit.forget_losses import RandomLabelLoss
+from ltu_lightning.benchmark.search import read_space
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.protocol import evaluate_unlearning
 from ltu_lightning.modules import ClassifierModule, LTUModule
 from ltu_lightning.modules.baselines import (
+    LUR,
     SCRUB,
     BadTeacher,
     BaselineModule,
@@ -36,9 +40,14 @@ from ltu_lightning.modules.baselines import (
 from ltu_lightning.modules.ltu import HoldoutDistillation
 from ltu_lightning.networks import MLP
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BASELINES = (FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB, BadTeacher)
-CONFIG_NAMES = ("ft", "ga", "rl", "neggrad_plus", "l1_sparse", "salun", "scrub", "bad_teacher")
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+BASELINES = (
+    FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB, BadTeacher, LUR
+)  # fmt: skip
+CONFIG_NAMES = (
+    "ft", "ga", "rl", "neggrad_plus", "l1_sparse", "salun", "scrub", "bad_teacher", "lur"
+)  # fmt: skip
 HIDDEN = [64]
 #: one epoch of two tiny batches, quiet: what every config run through the CLI here adds
 TINY = [
@@ -259,6 +268,8 @@ def test_finetune_with_full_access_draws_retain_batches_from_the_remaining_set(o
         (SCRUB, {"temperature": 0.0}),
         (SCRUB, {"max_steps": -1}),
         (BadTeacher, {"temperature": 0.0}),
+        (LUR, {"forget_weight": -1.0}),
+        (LUR, {"sparsity": 0.0}),
         (FineTune, {"num_classes": 1}),
         (FineTune, {"stop_rule": "audit"}),
     ],
@@ -445,6 +456,160 @@ def test_bad_teacher_loss_is_the_joint_batch_mean_of_both_distillations():
     )
 
 
+# ------------------------------------------------------------------ LUR
+def _ce_grads(
+    weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of CE(x·Wᵀ + b, y) (batch mean) by hand: ((P − Y)ᵀ·X, mean(P − Y)) / n."""
+    p = torch.softmax(x @ weight.T + bias, dim=1)
+    p[torch.arange(len(y)), y] -= 1.0
+    return p.T @ x / len(y), p.mean(dim=0)
+
+
+def _tiny_batches(seed: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    torch.manual_seed(seed)
+    forget = (torch.randn(4, 5), torch.randint(0, 3, (4,)))
+    retain = (torch.randn(6, 5), torch.randint(0, 3, (6,)))
+    return forget, retain
+
+
+def test_lur_first_order_gradient_is_the_unlearning_gradient_plus_the_retain_one_at_theta_prime():
+    """∇L = λ·∇L_u(θ) + ∇CE_r(θ') with θ' = θ − α·m⊙∇L_u(θ), on a linear model, by hand."""
+    forget, retain = _tiny_batches(0)
+    net = torch.nn.Linear(5, 3)
+    model = LUR(net, inner_lr=0.3, forget_weight=0.7, forget_loss="neg_ce", sparsity=1.0)
+    mask = torch.rand(3, 5) > 0.5  # a saliency mask on the weight; the bias is all in
+    model.masks()["weight"].copy_(mask)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    out = model.losses(forget, retain)
+    out["loss"].backward()
+    w, b = start["weight"], start["bias"]
+    gw_f, gb_f = _ce_grads(w, b, *forget)
+    gw_u, gb_u = -gw_f, -gb_f  # neg_ce: L_u = −CE(D_f)
+    w1, b1 = w - 0.3 * mask * gw_u, b - 0.3 * gb_u
+    gw_r, gb_r = _ce_grads(w1, b1, *retain)
+    torch.testing.assert_close(net.weight.grad, 0.7 * gw_u + gw_r)
+    torch.testing.assert_close(net.bias.grad, 0.7 * gb_u + gb_r)
+    assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())  # θ' is virtual
+    virtual = F.cross_entropy(retain[0] @ w1.T + b1, retain[1]).item()
+    assert out["retain_ce_virtual"].item() == pytest.approx(virtual, rel=1e-5)
+    assert out["forget_ce"].item() == pytest.approx(-out["forget_loss"].item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(0.7 * out["forget_loss"].item() + virtual, rel=1e-5)
+    # without the virtual step the gradient is the joint one: the test above has power
+    assert not torch.allclose(net.weight.grad, 0.7 * gw_u + _ce_grads(w, b, *retain)[0])
+
+
+def test_lur_second_order_differentiates_through_the_virtual_step():
+    """``meta_order=2`` with the retain objective inside: the exact gradient of
+    CE_r(θ) + λ·L_u(θ − α·∇CE_r(θ)), here by ``torch.func`` on the written-out objective."""
+    forget, retain = _tiny_batches(1)
+
+    def ce(params, x, y):
+        return F.cross_entropy(x @ params[0].T + params[1], y)
+
+    def uniform_kl(params, x):
+        log_p = F.log_softmax(x @ params[0].T + params[1], dim=1)
+        return (-math.log(3) - log_p.mean(dim=1)).mean()
+
+    def objective(params):
+        step = torch.func.grad(ce)(params, *retain)
+        fast = tuple(p - 0.5 * g for p, g in zip(params, step, strict=True))
+        return ce(params, *retain) + 2.0 * uniform_kl(fast, forget[0])
+
+    grads = {}
+    for order in (1, 2):
+        torch.manual_seed(2)
+        net = torch.nn.Linear(5, 3)
+        model = LUR(
+            net, inner_lr=0.5, forget_weight=2.0, inner_objective="retain",
+            meta_order=order, forget_loss="uniform_kl", sparsity=1.0,
+        )  # fmt: skip
+        model.losses(forget, retain)["loss"].backward()
+        grads[order] = (net.weight.grad, net.bias.grad)
+        params = (net.weight.detach(), net.bias.detach())
+    expected = torch.func.grad(objective)(params)
+    torch.testing.assert_close(grads[2], expected)
+    assert not torch.allclose(grads[1][0], expected[0], atol=1e-4)  # first order drops a term
+
+
+@pytest.mark.parametrize("inner_objective", ["forget", "retain"])
+def test_lur_updates_batchnorm_statistics_once_a_step_from_the_joint_batch(inner_objective):
+    """The forward at θ' runs on a throwaway copy of the buffers: the running statistics move
+    as under one forward of the joint batch (RL's and SalUn's step), not twice."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    )
+    reference = copy.deepcopy(net).train()
+    model = LUR(net, num_classes=10, inner_objective=inner_objective, sparsity=1.0).train()
+    forget = (torch.randn(8, 64), torch.randint(0, 10, (8,)))
+    retain = (torch.randn(12, 64), torch.randint(0, 10, (12,)))
+    model.losses(forget, retain)["loss"].backward()
+    with torch.no_grad():
+        reference(torch.cat([forget[0], retain[0]]))
+    stats = [k for k in reference.state_dict() if "running" in k or "num_batches" in k]
+    assert len(stats) == 3
+    for key in stats:
+        torch.testing.assert_close(net.state_dict()[key], reference.state_dict()[key])
+
+
+def test_lur_forgets_the_forget_set_and_keeps_the_retain_data(original):
+    model, _, dm, out = _fit(LUR, original, "lur_fit", lr=0.02, epochs=2, stop_rule="budget")
+    start = _backbone()
+    start.load_state_dict(original[2])
+
+    @torch.no_grad()
+    def accuracy(net: torch.nn.Module, role: str) -> float:
+        net.eval()
+        hits = [(net(x).argmax(1) == y).float() for x, y in dm.role_dataloader(role)]
+        return torch.cat(hits).mean().item()
+
+    assert _forget_ce(model.backbone, dm) > _forget_ce(start, dm) + 0.1
+    assert accuracy(model.backbone, "forget") < accuracy(start, "forget") - 0.02
+    assert accuracy(model.backbone, "retain_subset") > accuracy(start, "retain_subset") - 0.05
+    rows = _metrics(out)
+    assert _column(rows, "train/retain_ce_virtual") and _column(rows, "train/forget_loss")
+    assert _column(rows, "train/mask_density") == pytest.approx([0.5] * 6, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"inner_lr": -0.1}, "inner_lr must be >= 0; got -0.1"),
+        (
+            {"inner_objective": "both"},
+            "inner_objective must be one of 'forget', 'retain'; got 'both'",
+        ),
+        ({"meta_order": 3}, "meta_order must be one of 1, 2; got 3"),
+        (
+            {"forget_loss": "mi"},
+            "forget_loss must be one of 'random_label', 'neg_ce', 'uniform_kl'; got 'mi'",
+        ),
+    ],
+)
+def test_lur_refuses_bad_arguments_in_one_line(kwargs, message):
+    with pytest.raises(LTUError) as err:
+        LUR(_backbone(), **kwargs)
+    assert str(err.value) == message
+
+
+def test_lur_search_space_resolves_through_its_config(run_ltu, capsys):
+    """The fmnist5k search space has 2-4 dimensions, each a key LUR's config accepts."""
+    space = read_space(REPO / "experiments" / "search" / "fmnist5k" / "lur_partial.yaml")
+    assert 2 <= len(space) <= 4
+    point = [str(v) for key, dim in space.items() for v in (f"--{key}", dim["low"])]
+    configs = ["--config", CONFIGS / "unlearn" / "lur_fmnist5k.yaml"]
+    configs += ["--config", CONFIGS / "unlearn" / "datasets" / "fmnist5k.yaml"]
+    run_ltu(["fit", *configs, *point, "--print_config"])
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["class_path"].endswith("LUR")
+    for key, dim in space.items():
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == pytest.approx(dim["low"]), key
+
+
 def test_ltu_remember_losses_use_the_frozen_original():
     """``ce`` keeps no teacher (old checkpoints load); ``kd`` is 0 while the model equals the
     original and positive once it moved; ``ce_kd`` is CE + KD."""
@@ -522,8 +687,8 @@ def test_ltu_holdout_distillation_fit_gathers_the_auditor_half(original):
 @pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
-    [(LTUModule, {"holdout_distill_weight": 1.0}), (SalUn, {}), (SCRUB, {})],
-    ids=["LTUModule", "SalUn", "SCRUB"],
+    [(LTUModule, {"holdout_distill_weight": 1.0}), (SalUn, {}), (SCRUB, {}), (LUR, {})],
+    ids=["LTUModule", "SalUn", "SCRUB", "LUR"],
 )
 def test_unlearning_runs_in_the_trainers_precision(original, cls, kwargs, precision):
     """Role loaders are read outside Lightning's loops (start criterion, auditors, SalUn's mask,

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ltu_lightning.data import UnlearningDataModule
 from ltu_lightning.errors import LTUError
 from ltu_lightning.modules import ClassifierModule, LTUModule
-from ltu_lightning.modules.baselines import SCRUB, SalUn
+from ltu_lightning.modules.baselines import LUR, SCRUB, SalUn
 from ltu_lightning.modules.strategy import SUPPORTED, check_strategy
 from ltu_lightning.networks import MLP
 from spawned import run_spawned
@@ -87,6 +87,13 @@ CASES: dict[str, tuple[Callable[[], L.LightningModule], str]] = {
     "classifier": (lambda: ClassifierModule(_mlp()), "train"),
     "salun": (lambda: SalUn(_mlp()), "unlearn"),  # mask from each rank's full forget set
     "scrub": (lambda: SCRUB(_mlp()), "unlearn"),  # manual optimization, two backwards a step
+    # the virtual step's gradient averaged across ranks, the outer one by Lightning's DDP
+    "lur": (lambda: LUR(_mlp()), "unlearn"),
+    # a differentiable all-reduce inside the graph that DDP's backward runs through
+    "lur_second_order": (
+        lambda: LUR(_mlp(), meta_order=2, inner_objective="retain", inner_lr=0.1),
+        "unlearn",
+    ),
 }
 LTU_CASES = ("ltu_mi", "ltu_second_order")
 

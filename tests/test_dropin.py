@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 import ltu_lightning
 from foreign_projects import ArrayData, Classifier, image_project, tabular_project, train
 from ltu_lightning import (
+    LUR,
     SCRUB,
     FineTune,
     GradientAscent,
@@ -30,7 +31,9 @@ from ltu_lightning import (
 from ltu_lightning.audit.features import per_sample_features
 from ltu_lightning.errors import CLI_ACTIVE, how_to_set
 
-METHODS = (LTUModule, FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB)
+METHODS = (
+    LTUModule, FineTune, GradientAscent, RandomLabel, NegGradPlus, L1Sparse, SalUn, SCRUB, LUR
+)  # fmt: skip
 
 
 def _trainer(root, epochs: int = 2, **kwargs) -> L.Trainer:

@@ -63,11 +63,30 @@ def test_a_misspelt_choice_fails_at_parse_time_naming_the_choices(name, typo, in
     assert not (in_tmp / "runs").exists()  # refused before anything ran
 
 
-def test_a_baseline_help_lists_its_own_and_the_shared_arguments(run_ltu, capsys):
-    run_ltu(["fit", "--model.help", "SalUn"])
+@pytest.mark.parametrize(
+    ("name", "own"),
+    [
+        ("SalUn", ("sparsity", "generator_seed")),
+        (
+            "LUR",
+            (
+                "inner_lr",
+                "forget_weight",
+                "inner_objective {forget,retain}",
+                "meta_order {1,2}",
+                "forget_loss {random_label,neg_ce,uniform_kl}",
+                "sparsity",
+                "generator_seed",
+            ),
+        ),  # fmt: skip
+    ],
+)
+def test_a_baseline_help_lists_its_own_and_the_shared_arguments(name, own, run_ltu, capsys):
+    run_ltu(["fit", "--model.help", name])
     out = capsys.readouterr().out
-    for arg in ("sparsity", "generator_seed", "backbone", "original_ckpt", "num_classes"):
-        assert f"--model.{arg} " in out, arg
+    for arg in (*own, "backbone", "original_ckpt", "num_classes"):
+        # an argument with choices is listed with them, the others with their metavar
+        assert f"--model.{arg}{'' if ' {' in arg else ' '}" in out, arg
     assert "--model.stop_rule {criterion,budget}" in out
 
 

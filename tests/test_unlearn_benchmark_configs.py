@@ -60,6 +60,30 @@ def test_every_ltu_config_runs_from_its_original(config, in_tmp, run_ltu, skip_m
     assert (root / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_lur_cifar_config_runs_on_cifar_files(in_tmp, run_ltu, skip_md5):
+    """LUR's CIFAR config (in no benchmark config yet, where the other baselines' CIFAR configs
+    run) through its dataset fragment on small fake CIFAR-10 files, with the fragment's
+    bf16-mixed precision."""
+    write_cifar10(in_tmp / "data")
+    # 16x16 images and one batch a stage, as the CIFAR benchmark test runs its rows
+    small = [
+        "--data.holdout",
+        "0.2",
+        "--data.image_size",
+        "16",
+        "--trainer.limit_train_batches",
+        "1",
+    ]
+    calm = ["--model.init_args.optimizer.init_args.lr", "0.001"]  # see pretrain_tiny
+    run_ltu(
+        ["fit", "--config", CONFIGS / "pretrain" / "cifar10_resnet18.yaml", *TINY, *small, *calm]
+    )
+    method = ["--config", CONFIGS / "unlearn" / "lur_cifar_resnet18.yaml"]
+    dataset = ["--config", CONFIGS / "unlearn" / "datasets" / "cifar10_resnet18.yaml"]
+    run_ltu(["fit", *method, *dataset, *TINY, *small])
+    assert (in_tmp / "runs/cifar10_resnet18/lur/checkpoints/best.ckpt").is_file()
+
+
 def test_ablation_fragments_compose_with_the_ltu_config(in_tmp, run_ltu, capsys):
     """Each fragment switches its component in the resolved config; ``no_meta`` also runs."""
     base = CONFIGS / "unlearn" / "ltu_fmnist5k.yaml"

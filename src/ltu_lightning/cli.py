@@ -4,7 +4,8 @@ subcommand.
 ``ltu fit|validate|test|predict --config X.yaml`` are LightningCLI's own subcommands, so every
 LightningCLI flag works (``--print_config``, ``--model.help ClassifierModule``, ``--trainer.*``).
 ``ltu evaluate`` takes the same YAML and flags and scores a checkpoint with the protocol's
-metrics; ``ltu benchmark`` and ``ltu tune`` run the stages of a benchmark YAML.
+metrics; ``ltu benchmark`` and ``ltu tune`` run the stages of a benchmark YAML, ``ltu audit``
+audits the models a benchmark stored.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from ltu_lightning.benchmark.cli import (
+    AUDIT_HELP,
     BENCHMARK_HELP,
     TUNE_HELP,
+    audit_main,
     benchmark_main,
+    build_audit_parser,
     build_parser,
     build_tune_parser,
     tune_main,
@@ -44,6 +48,7 @@ TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 TOOL_SUBCOMMANDS: dict[str, tuple[Callable[[], Any], Callable[[Any], None], str]] = {
     "benchmark": (build_parser, benchmark_main, BENCHMARK_HELP),
     "tune": (build_tune_parser, tune_main, TUNE_HELP),
+    "audit": (build_audit_parser, audit_main, AUDIT_HELP),
 }
 EVALUATE_HELP = "Evaluate a checkpoint with the protocol's metrics (UA, RA, TA, MIA, Avg.Gap)."
 # tests and notebooks call ``main(args)`` in a process that has its own sys.argv
@@ -52,7 +57,7 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 
 class LTUCLI(ProjectCLI):
     """``ltu``: LightningCLI's subcommands plus ``evaluate`` (the same model, data and trainer
-    flags), ``benchmark`` and ``tune`` (their own flags) under one parser."""
+    flags), ``benchmark``, ``tune`` and ``audit`` (their own flags) under one parser."""
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)

@@ -1,6 +1,9 @@
-"""The ``ltu benchmark`` and ``ltu tune`` subcommands: their parsers and what they run.
+"""The ``ltu benchmark``, ``ltu audit`` and ``ltu tune`` subcommands: their parsers and what
+they run.
 
     ltu benchmark --config configs/benchmark/<name>.yaml [--seeds N] [--out DIR] [--tuned YAML]
+        [--audits inversion]
+    ltu audit --config configs/benchmark/<name>.yaml --audits inversion [--seeds N] [--out DIR]
     ltu tune --benchmark configs/benchmark/digits.yaml \
         --search experiments/search/digits --trials 12 --out runs/search/digits
     ltu tune --benchmark configs/benchmark/fmnist5k.yaml \
@@ -18,13 +21,24 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from ltu_lightning.benchmark.audits import AUDITS, audit_names, audit_seed, stored_results
 from ltu_lightning.benchmark.progress import (
     BenchmarkProgress,
     override_notices,
     process_wall_time,
 )
-from ltu_lightning.benchmark.report import aggregate, markdown_table, write_reports
-from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, load_benchmark
+from ltu_lightning.benchmark.report import (
+    aggregate,
+    audit_sections,
+    markdown_table,
+    write_reports,
+)
+from ltu_lightning.benchmark.runner import (
+    REFERENCE_STAGES,
+    Benchmark,
+    StageResult,
+    load_benchmark,
+)
 from ltu_lightning.benchmark.search import read_spaces, read_tuned, search
 from ltu_lightning.benchmark.tuning import tune, tuning_markdown
 from ltu_lightning.errors import LTUError
@@ -36,6 +50,10 @@ BENCHMARK_HELP = (
     "Train the original and retrained models, run LTU and the baselines on the same split per "
     "seed, evaluate all, and write results.json/.csv/.md and plots."
 )
+AUDIT_HELP = (
+    "Audit the stored models of an ltu benchmark output folder (nothing is fitted) and write "
+    "its report again with the audits' columns."
+)
 TUNE_HELP = (
     "Choose each method's hyperparameters on the validation holdout (never the test split): "
     "fit every point of a grid on every seed and keep the lowest mean val/criterion."
@@ -45,6 +63,50 @@ TUNE_HELP = (
 def build_parser() -> ArgumentParser:
     """The ``ltu benchmark`` parser (a subcommand of ``ltu``)."""
     parser = ArgumentParser(prog="ltu benchmark", description=BENCHMARK_HELP)
+    add_benchmark_arguments(parser)
+    parser.add_argument(
+        "--audits",
+        type=list[str] | str,
+        default=[],
+        help=f"audits of each seed's models after its stages, as a list or comma-separated "
+        f"(known: {', '.join(AUDITS)}); their columns go to results.json/.md; default: none",
+    )
+    parser.add_argument(
+        "--overwrite",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="replace results.* of an earlier run in --out (stage checkpoints are reused)",
+    )
+    parser.add_argument(
+        "--wandb",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="log each stage trained, the results table and the plots as W&B runs of one group "
+        "(offline under --out unless WANDB_MODE is set; docs/wandb.md)",
+    )
+    return parser
+
+
+def build_audit_parser() -> ArgumentParser:
+    """The ``ltu audit`` parser (a subcommand of ``ltu``): the benchmark's flags, which say
+    where its stages are and how they were built, and the audits to run."""
+    parser = ArgumentParser(prog="ltu audit", description=AUDIT_HELP)
+    add_benchmark_arguments(parser)
+    parser.add_argument(
+        "--audits",
+        type=list[str] | str,
+        required=True,
+        help=f"the audits to run, as a list or comma-separated (known: {', '.join(AUDITS)})",
+    )
+    return parser
+
+
+def add_benchmark_arguments(parser: ArgumentParser) -> None:
+    """The flags of a benchmark's definition, its seeds and its output folder."""
     parser.add_argument(
         "--config", action=ActionConfigFile, help="benchmark YAML (configs/benchmark/)"
     )
@@ -114,24 +176,6 @@ def build_parser() -> ArgumentParser:
         help="chosen.yaml of ltu tune --search: {method key: {config key: value}}, applied after "
         "each method's own overrides",
     )
-    parser.add_argument(
-        "--overwrite",
-        type=bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="replace results.* of an earlier run in --out (stage checkpoints are reused)",
-    )
-    parser.add_argument(
-        "--wandb",
-        type=bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="log each stage trained, the results table and the plots as W&B runs of one group "
-        "(offline under --out unless WANDB_MODE is set; docs/wandb.md)",
-    )
-    return parser
 
 
 def build_tune_parser() -> ArgumentParser:
@@ -184,10 +228,16 @@ def _load_and_select(cfg: Namespace) -> Benchmark:
         raise LTUError(
             f"{out}/results.json already exists; pass --overwrite to replace it or choose another --out"
         )
-    bench = load_benchmark(cfg)
-    keys = {m.key for m in bench.methods}
+    cfg.audits = audit_names(cfg.audits)
+    bench = _select(cfg, load_benchmark(cfg))
     if cfg.wandb:
         bench.wandb_group = benchmark_group(bench.name)
+    return bench
+
+
+def _select(cfg: Namespace, bench: Benchmark) -> Benchmark:
+    """``--only`` and ``--tuned`` applied to the benchmark's rows."""
+    keys = {m.key for m in bench.methods}
     only = cfg.only
     if isinstance(only, str):
         only = [key.strip() for key in only.split(",") if key.strip()]
@@ -223,7 +273,17 @@ def _run_benchmark(cfg: Namespace, bench: Benchmark) -> None:
     start = time.perf_counter()
     total = len(bench.seeds) * (len(REFERENCE_STAGES) + len(bench.methods))
     with quiet_wandb(), BenchmarkProgress(total) as display:
-        results = bench.run(progress=display.print, events=display)
+
+        def audit(seed: int, per_seed: dict[str, StageResult]) -> None:
+            # the report shows the audits of this run: stored ones of reused stages are left out
+            for result in per_seed.values():
+                result.audits = {}
+            if cfg.audits:
+                found = audit_seed(bench, cfg.audits, seed, display.print, _config_path(cfg))
+                for key, audits in found.items():
+                    per_seed[key].audits = audits
+
+        results = bench.run(progress=display.print, events=display, after_seed=audit)
     stages_s = time.perf_counter() - start
     summary = aggregate(bench, results)
     paths = write_reports(summary, out)
@@ -236,6 +296,38 @@ def _run_benchmark(cfg: Namespace, bench: Benchmark) -> None:
         f"\nwrote {', '.join(str(p) for p in paths)}\nwall time {process_wall_time():.0f}s "
         f"(the whole ltu benchmark process: start-up, {stages_s:.0f}s of stages, reports)"
     )
+
+
+def audit_main(cfg: Namespace) -> None:
+    """Run ``ltu audit``: audit the stored models of every seed in --out (nothing is fitted),
+    then write results.json/.csv/.md and the plots again with every stored audit's columns."""
+    names = audit_names(cfg.audits)
+    if not names:
+        raise LTUError(f"--audits names no audit; choose among {sorted(AUDITS)}")
+    bench = _select(cfg, load_benchmark(cfg))
+    out = Path(cfg.out)
+    config = _config_path(cfg)
+    if not out.is_dir():
+        raise LTUError(
+            f"--out {str(out)!r} does not exist; pass the output folder of an ltu benchmark run "
+            f"(or run `ltu benchmark --config {config or '<benchmark yaml>'} --out {out}` first)"
+        )
+    print(f"audit {bench.name}: seeds {bench.seeds}, audits {names} -> {out}", flush=True)
+    with RunLock(cfg.out, "--out"):
+        stored_results(bench, bench.seeds, config)  # every stage is there before any audit runs
+        for seed in bench.seeds:
+            audit_seed(bench, names, seed, _progress, config)
+        summary = aggregate(bench, stored_results(bench, bench.seeds, config))
+        paths = write_reports(summary, out)
+    print()
+    print(audit_sections(summary).strip())
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+
+
+def _config_path(cfg: Namespace) -> str | None:
+    """The benchmark YAML given as --config (for the command an error suggests), if one was."""
+    configs = cfg.get("config") or []
+    return str(configs[-1]) if configs else None
 
 
 def _as_flags(overrides: Mapping[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ltu_lightning.benchmark.audits import audit_legend
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, StageResult
 from ltu_lightning.evaluation.metrics import avg_gap, relative_time_efficiency, summarize
 from ltu_lightning.evaluation.protocol import VERDICTS, forgetting_verdict
@@ -56,7 +57,46 @@ def aggregate(bench: Benchmark, results: dict[int, dict[str, StageResult]]) -> d
         "methods": methods,
     }
     summary["comparisons"] = comparisons(methods)
+    summary["audits"] = aggregate_audits(bench, results, methods)
     return summary
+
+
+def aggregate_audits(
+    bench: Benchmark, results: dict[int, dict[str, StageResult]], methods: dict[str, Any]
+) -> dict[str, Any]:
+    """The audits every seed ran (benchmark/audits.py): each row's columns as mean ± std over
+    seeds with their per-seed values (in ``methods[key]["audits"][name]``), and per audit its
+    columns and wall time per seed (returned: ``{name: {columns, time_s, per_seed_time_s}}``)."""
+    seeds = [str(s) for s in bench.seeds]
+    names: list[str] = []
+    for seed in bench.seeds:
+        for r in results[seed].values():
+            names += [n for n in r.audits if n not in names]
+    audits: dict[str, Any] = {}
+    for name in names:
+        ran = [s for s in bench.seeds if any(name in r.audits for r in results[s].values())]
+        if len(ran) < len(bench.seeds):  # a seed without it: no mean over the seeds
+            continue
+        columns: list[str] = []
+        times: dict[str, float] = {}
+        for key, entry in methods.items():
+            blocks = [results[s][key].audits.get(name) for s in bench.seeds]
+            if any(b is None for b in blocks):
+                continue
+            per_seed = {s: dict(b["columns"]) for s, b in zip(seeds, blocks, strict=True)}
+            columns += [c for b in blocks for c in b["columns"] if c not in columns]
+            stats = {
+                c: summarize([row.get(c, math.nan) for row in per_seed.values()])
+                for c in dict.fromkeys(c for b in blocks for c in b["columns"])
+            }
+            entry.setdefault("audits", {})[name] = {**stats, "per_seed": per_seed}
+            times |= {s: float(b["time_s"]) for s, b in zip(seeds, blocks, strict=True)}
+        audits[name] = {
+            "columns": columns,
+            "time_s": summarize(list(times.values())),
+            "per_seed_time_s": times,
+        }
+    return audits
 
 
 def method_of_interest(methods: dict[str, Any]) -> str | None:
@@ -179,6 +219,37 @@ def class_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def audit_table(summary: dict[str, Any], name: str) -> str:
+    """One audit's columns as markdown: the rows it scored, mean ± std over seeds."""
+    columns = summary["audits"][name]["columns"]
+    lines = ["| method | access | " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * (2 + len(columns)))
+    seeds = len(summary["seeds"])
+    for key, entry in summary["methods"].items():
+        stats = entry.get("audits", {}).get(name)
+        if stats is None:
+            continue
+        cells = [key.split(":")[0], entry["access"] or "-"]
+        cells += [_fmt(stats[c], 3, seeds) if c in stats else "-" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def audit_sections(summary: dict[str, Any]) -> str:
+    """A section per audit (its legend, its table, its wall time); empty without audits."""
+    text = ""
+    for name, info in (summary.get("audits") or {}).items():
+        legend = audit_legend(name)
+        time_s = _fmt(info["time_s"], 1, len(summary["seeds"]))
+        text += (
+            f"\n## Audit `{name}`\n\n"
+            + (legend + "\n\n" if legend else "")
+            + audit_table(summary, name)
+            + f"\n\nWall time of the audit: {time_s} s per seed (all its rows; loading the models not included).\n"
+        )
+    return text
+
+
 def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", summary)
@@ -249,6 +320,7 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
             f"signed-rank p, seeds on which `{reference}` is lower; resolved = the interval "
             "excludes 0 (n/a for one seed).\n\n" + compared + "\n"
         )
+    md += audit_sections(summary)
     _write_text(out / "results.md", md)
     return [out / "results.json", out / "results.csv", out / "results.md", *plot(summary, out)]
 

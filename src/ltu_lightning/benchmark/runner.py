@@ -55,6 +55,8 @@ class StageResult:
     metrics: dict[str, float]
     time_s: float
     best_score: float | None = None
+    #: post-hoc audits of the stage's model (benchmark/audits.py): ``{name: {columns, time_s}}``
+    audits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def images_read(datamodule: Any) -> int | None:
@@ -122,7 +124,9 @@ def cached_stage(root: Path) -> StageResult | None:
     data = json.loads(path.read_text())
     if Path(data.get("checkpoint", "")).name != last.name:
         return None
-    return StageResult(data["metrics"], data["time_s"], data.get("best_score"))
+    return StageResult(
+        data["metrics"], data["time_s"], data.get("best_score"), data.get("audits", {})
+    )
 
 
 @dataclass
@@ -186,10 +190,14 @@ class Benchmark:
         )
 
     def run(
-        self, progress: Callable[[str], None] = print, events: StageEvents | None = None
+        self,
+        progress: Callable[[str], None] = print,
+        events: StageEvents | None = None,
+        after_seed: Callable[[int, dict[str, StageResult]], None] | None = None,
     ) -> dict[int, dict[str, StageResult]]:
         """Every stage of every seed; ``progress`` gets one line per stage started and finished,
-        ``events`` (e.g. the live display) each stage's start and end."""
+        ``events`` (e.g. the live display) each stage's start and end, ``after_seed`` each
+        seed's results once its stages are done (e.g. to audit them)."""
         results: dict[int, dict[str, StageResult]] = {}
         stages = len(REFERENCE_STAGES) + len(self.methods)
         for seed in self.seeds:
@@ -237,6 +245,8 @@ class Benchmark:
                         else ""
                     )
                 )
+            if after_seed is not None:
+                after_seed(seed, per_seed)
             results[seed] = per_seed
         return results
 

@@ -289,6 +289,8 @@ def _run_benchmark(cfg: Namespace, bench: Benchmark) -> None:
     paths = write_reports(summary, out)
     print()
     print(markdown_table(summary))
+    if cfg.audits:
+        print(audit_sections(summary).rstrip())
     if bench.wandb_group:
         run_dir = log_benchmark_to_wandb(summary, out, bench.wandb_group, benchmark_config(cfg))
         print(f"W&B group {bench.wandb_group}: report run in {run_dir}")

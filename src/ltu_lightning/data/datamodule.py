@@ -80,6 +80,10 @@ class UnlearningDataModule(L.LightningDataModule):
         manifest_path: where the split manifest is read from (if it exists) or written to.
             Default: ``<trainer.default_root_dir>/split_manifest.json``.
         train_on: what ``fit`` trains on (see ``TRAIN_ON``).
+        train_index_file: for ``train_on="train"``: the pool indices this fit trains on
+            (``.json`` list, ``.npy`` or text) instead of the split's ``train`` role. The split,
+            its manifest and every other role stay the seed's; the membership audit's shadow
+            models train on halves of the pool this way (``benchmark/shadows.py``).
         access: for ``train_on="unlearn"``: retain batches from the retain subset (``partial``)
             or the whole remaining set (``full``).
         batch_size: training batch size (per stream for ``unlearn``).
@@ -102,6 +106,7 @@ class UnlearningDataModule(L.LightningDataModule):
         seed: int = 0,
         manifest_path: str | None = None,
         train_on: str = "train",
+        train_index_file: str | None = None,
         access: str = "partial",
         batch_size: int = 64,
         eval_batch_size: int = 512,
@@ -116,6 +121,11 @@ class UnlearningDataModule(L.LightningDataModule):
         if access not in ACCESS:
             raise LTUError(
                 f"access={access!r} is unknown; choose 'partial' (retain subset) or 'full' (remaining set)"
+            )
+        if train_index_file is not None and train_on != "train":
+            raise LTUError(
+                f"train_index_file replaces the training set of train_on='train', but "
+                f"train_on={train_on!r}; drop train_index_file or set train_on: train"
             )
         if forget_classes is not None and forget_index_file is not None:
             raise LTUError("give either forget_classes or forget_index_file, not both")
@@ -133,6 +143,8 @@ class UnlearningDataModule(L.LightningDataModule):
         self._user_bundle: DatasetBundle | None = None
         self._holdout_indices: np.ndarray | None = None
         self._forget_indices: tuple[int, ...] | None = None
+        #: pool indices of ``train_index_file`` (read at set-up), None: the split's ``train``
+        self._train_indices: np.ndarray | None = None
         #: the roles whose datasets were built so far (``ltu benchmark`` counts the images read)
         self.roles_read: set[str] = set()
 
@@ -275,7 +287,28 @@ class UnlearningDataModule(L.LightningDataModule):
             )
             if path is not None and self._is_global_zero():
                 manifest.save(path)
+        if self.hparams.train_index_file is not None:
+            self._train_indices = self._read_train_indices(len(self.bundle.pool_targets))
         self.manifest = manifest
+
+    def _read_train_indices(self, pool_size: int) -> np.ndarray:
+        path = self.hparams.train_index_file
+        idx = np.asarray(read_index_file(path, "train index file"), dtype=np.int64)
+        if idx.size == 0:
+            raise LTUError(f"train index file {path!r} is empty; list the pool indices to train on")
+        out = idx[(idx < 0) | (idx >= pool_size)]
+        if out.size:
+            raise LTUError(
+                f"train index file {path!r} has indices {out[:5].tolist()} out of range for a pool "
+                f"of {pool_size} samples (valid: 0..{pool_size - 1}); list pool indices"
+            )
+        uniq, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            raise LTUError(
+                f"train index file {path!r} lists {uniq[counts > 1][:5].tolist()} more than "
+                "once; list each pool index once"
+            )
+        return uniq
 
     def _is_global_zero(self) -> bool:
         trainer = getattr(self, "trainer", None)
@@ -349,9 +382,12 @@ class UnlearningDataModule(L.LightningDataModule):
         return self.bundle.pool_targets[self.role_indices(role)]
 
     def role_indices(self, role: str) -> np.ndarray:
-        """Pool indices of a role; ``retain_subset`` follows this run's ``retain_fraction`` (ρ)."""
+        """Pool indices of a role; ``retain_subset`` follows this run's ``retain_fraction`` (ρ),
+        ``train`` this run's ``train_index_file`` when it has one."""
         self._require_setup()
         assert self.manifest is not None
+        if role == "train" and self._train_indices is not None:
+            return self._train_indices
         if role == "retain_subset":
             return retain_subset_of(
                 self.manifest.roles["retain_order"], self.hparams.retain_fraction

@@ -65,13 +65,12 @@ class SplitSpec:
         return d
 
 
-def read_index_file(path: str | os.PathLike) -> tuple[int, ...]:
-    """Read pool indices from a ``.json`` list, a ``.npy`` array, or text (one per line / comma)."""
+def read_index_file(path: str | os.PathLike, what: str = "forget index file") -> tuple[int, ...]:
+    """Read pool indices from a ``.json`` list, a ``.npy`` array, or text (one per line / comma);
+    ``what`` names the file in errors."""
     p = Path(path)
     if not p.is_file():
-        raise LTUError(
-            f"forget index file {str(p)!r} does not exist; give a path to a list of pool indices"
-        )
+        raise LTUError(f"{what} {str(p)!r} does not exist; give a path to a list of pool indices")
     try:
         if p.suffix == ".npy":
             values = np.load(p, allow_pickle=False).ravel().tolist()
@@ -85,7 +84,7 @@ def read_index_file(path: str | os.PathLike) -> tuple[int, ...]:
             raise ValueError(f"{bad[:3]} are not whole numbers")
         return tuple(int(v) for v in values)
     except (ValueError, TypeError) as err:
-        raise LTUError(f"forget index file {str(p)!r} is not a list of integers ({err})") from err
+        raise LTUError(f"{what} {str(p)!r} is not a list of integers ({err})") from err
 
 
 def _check_spec(spec: SplitSpec, targets: np.ndarray, num_classes: int) -> None:

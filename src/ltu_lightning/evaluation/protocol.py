@@ -14,11 +14,22 @@ from ltu_lightning.evaluation.metrics import loss_auc, per_sample_outputs, unlea
 from ltu_lightning.modules.checkpoints import load_backbone_weights
 
 
-@torch.no_grad()
 def role_outputs(
     model: nn.Module, datamodule: Any, role: str, device: torch.device | str = "cpu"
 ) -> dict[str, np.ndarray]:
     """Per-sample loss/confidence/entropy/correct of ``model`` (eval mode) on one data role."""
+    logits, targets = role_logits(model, datamodule, role, device)
+    out = per_sample_outputs(logits, targets)
+    out["targets"] = targets.numpy()
+    return out
+
+
+@torch.no_grad()
+def role_logits(
+    model: nn.Module, datamodule: Any, role: str, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels of ``model`` (eval mode) on one data role, in the order
+    of ``datamodule.role_dataloader(role)``."""
     was_training = model.training
     model.eval()
     # a model trained with ``--trainer.precision bf16-true``/``64-true`` keeps that dtype
@@ -31,9 +42,7 @@ def role_outputs(
             targets.append(y)
     finally:
         model.train(was_training)
-    out = per_sample_outputs(torch.cat(logits), torch.cat(targets))
-    out["targets"] = torch.cat(targets).numpy()
-    return out
+    return torch.cat(logits), torch.cat(targets)
 
 
 def detection_threshold(n_forget: int, n_test: int) -> float:

@@ -113,12 +113,33 @@ def test_ltu_benchmark_audits_each_seed_after_its_stages(bench: Path, capsys) ->
 def test_an_unknown_audit_is_one_line_naming_the_known_ones(tmp_path: Path, capsys) -> None:
     config = str(CONFIGS / "benchmark" / "digits.yaml")
     for command in ("audit", "benchmark"):
-        args = [command, "--config", config, "--out", str(tmp_path / "b"), "--audits", "lira,x"]
+        args = [command, "--config", config, "--out", str(tmp_path / "b"), "--audits", "liraa,x"]
         line = _one_line(capsys, args)
         assert (
-            line == f"error: --audits names unknown audits ['lira', 'x']; known: {sorted(AUDITS)}"
+            line == f"error: --audits names unknown audits ['liraa', 'x']; known: {sorted(AUDITS)}"
         )
     assert not (tmp_path / "b").exists()
     assert audit_names("inversion, inversion") == ["inversion"]
-    with pytest.raises(LTUError, match="known: \\['inversion'"):
+    with pytest.raises(LTUError, match="known: \\['inversion', 'lira'"):
         audit_names(["nope"])
+
+
+def test_ltu_audit_lira_trains_shadows_once_and_scores_every_model(bench: Path, capsys) -> None:
+    out = bench.parent / "out"
+    args = ["audit", "--config", str(bench), "--audits", "lira", "--lira_shadows", "2"]
+    main(args)
+    summary = json.loads((out / "results.json").read_text())
+    rows = {k: e["audits"]["lira"] for k, e in summary["methods"].items()}
+    assert set(rows) == {"original", "retrain", "ft:partial", "ga:partial"}
+    for columns in rows.values():
+        assert 0.0 <= columns["lira_auc"]["mean"] <= 1.0
+        assert 0.0 <= columns["lira_tpr@1%"]["mean"] <= 100.0
+    shadows = sorted(p.name for p in (out / "seed_0" / "audits" / "shadows").iterdir())
+    assert shadows == ["0", "1"]
+    ckpt = out / "seed_0" / "audits" / "shadows" / "0" / "checkpoints" / "last.ckpt"
+    mtime = ckpt.stat().st_mtime
+    main(args)  # the second audit reuses the cached shadows
+    assert ckpt.stat().st_mtime == mtime
+    assert "## Audit `lira`" in (out / "results.md").read_text()
+    line = _one_line(capsys, [*args[:-1], "3"])
+    assert line.startswith("error: --lira_shadows 3: ") and "even number" in line

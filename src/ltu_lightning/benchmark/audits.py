@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ltu_lightning.benchmark.runner import REFERENCE_STAGES, Benchmark, StageResult
+from ltu_lightning.benchmark.shadows import lira_audit
 from ltu_lightning.errors import LTUError
 from ltu_lightning.evaluation.inversion import classifier_head, inversion_metrics, probe_outputs
 from ltu_lightning.modules.checkpoints import load_backbone_weights
@@ -55,6 +56,8 @@ class AuditContext:
     #: the checkpoint each network was loaded from, by stage key
     checkpoints: dict[str, Path] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: where an audit reports what it is doing (e.g. shadow models being trained)
+    progress: Callable[[str], None] = print
 
     def labels(self, role: str) -> np.ndarray:
         """The labels of a data role (``forget``, ``train``, ``test``, ...) as integers."""
@@ -102,8 +105,27 @@ def inversion(ctx: AuditContext) -> dict[str, dict[str, float]]:
     return out
 
 
+def lira(ctx: AuditContext) -> dict[str, dict[str, float]]:
+    """Per-example membership audit (LiRA, docs/protocol.md): each D_f sample's confidence
+    against shadow models that trained on it (IN) or not (OUT), `--lira_shadows` per seed, with
+    the validation half of the holdout as the non-members. auc and tpr@1%/0.1% FPR (percent) of
+    the online test (IN vs OUT; `offline`: OUT only), member_like = D_f samples flagged at 1 %
+    FPR, auc_vs_retrain = D_f's scores under the model against under Retrain (0.5 = as if never
+    seen). The shadows' training time is part of the audit's time on the seed that trains them."""
+    models = {"original": ctx.original, **ctx.unlearned()}
+    return lira_audit(
+        ctx.bench,
+        ctx.seed,
+        ctx.datamodule,
+        models,
+        ctx.bench.lira_shadows,
+        ctx.cache,
+        progress=ctx.progress,
+    )
+
+
 #: the audits ``--audits`` may name; add one by adding its function here (docs/architecture.md)
-AUDITS: dict[str, Audit] = {"inversion": inversion}
+AUDITS: dict[str, Audit] = {"inversion": inversion, "lira": lira}
 
 
 def audit_legend(name: str) -> str:
@@ -237,6 +259,7 @@ def audit_seed(
     ``out/seed_<seed>/audits/``. Returns ``{stage key: {audit name: {columns, time_s}}}``."""
     start = time.perf_counter()
     ctx = audit_context(bench, seed, config, device)
+    ctx.progress = progress
     progress(f"[seed {seed}] audits: models loaded in {time.perf_counter() - start:.1f}s")
     found: dict[str, dict[str, dict[str, Any]]] = {}
     keys = [*REFERENCE_STAGES, *(m.key for m in bench.methods)]

@@ -2,8 +2,8 @@
 they run.
 
     ltu benchmark --config configs/benchmark/<name>.yaml [--seeds N] [--out DIR] [--tuned YAML]
-        [--audits inversion]
-    ltu audit --config configs/benchmark/<name>.yaml --audits inversion [--seeds N] [--out DIR]
+        [--audits inversion,lira] [--lira_shadows 8]
+    ltu audit --config configs/benchmark/<name>.yaml --audits inversion,lira [--seeds N] [--out DIR]
     ltu tune --benchmark configs/benchmark/digits.yaml \
         --search experiments/search/digits --trials 12 --out runs/search/digits
     ltu tune --benchmark configs/benchmark/fmnist5k.yaml \
@@ -125,6 +125,13 @@ def add_benchmark_arguments(parser: ArgumentParser) -> None:
         required=True,
         help="list of {key: <method>:<access>, config: <stage yaml or list of yamls composed in "
         "order>, overrides: {config key: value}}",
+    )
+    parser.add_argument(
+        "--lira_shadows",
+        type=int,
+        default=8,
+        help="--audits lira: shadow models per seed (even; each trains on half of the pool with "
+        "the original's recipe, cached under out/seed_<s>/audits/shadows/)",
     )
     parser.add_argument(
         "--seeds",

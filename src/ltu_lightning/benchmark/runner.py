@@ -147,6 +147,8 @@ class Benchmark:
     #: results reported on ``report_seeds``; disjoint (empty: the config names no roles)
     tuning_seeds: list[int] = field(default_factory=list)
     report_seeds: list[int] = field(default_factory=list)
+    #: shadow models per seed of the per-example membership audit (``--audits lira``)
+    lira_shadows: int = 8
 
     @property
     def seed_role(self) -> str | None:
@@ -336,4 +338,14 @@ def load_benchmark(cfg: Any) -> Benchmark:
         _overrides(cfg.overrides, "--overrides:"),
         tuning_seeds=tuning_seeds,
         report_seeds=report_seeds,
+        lira_shadows=_lira_shadows(getattr(cfg, "lira_shadows", 8)),
     )
+
+
+def _lira_shadows(value: int) -> int:
+    if not isinstance(value, int) or value < 2 or value % 2:
+        raise LTUError(
+            f"--lira_shadows {value!r}: the shadows come in complementary pairs; pass an even "
+            "number ≥ 2 (e.g. --lira_shadows 8)"
+        )
+    return value

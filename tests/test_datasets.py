@@ -330,6 +330,23 @@ def test_unlearn_batches_forget_and_retain(access, retain_role):
     assert set(batch["forget"][1].tolist()) <= forget_labels
 
 
+def test_partial_holdout_retain_batches_are_the_retain_subset_and_the_auditor_half():
+    dm = fmnist_dm(train_on="unlearn", access="partial+holdout")
+    dm.setup("fit")
+    roles = dm.manifest.roles
+    retain = dm.train_dataloader().iterables["retain"]
+    parts = [list(d.indices) for d in retain.dataset.datasets]
+    assert parts == [roles["retain_subset"].tolist(), roles["holdout_audit"].tolist()]
+    assert len(retain.dataset) == 270 + 500  # fmnist5k: ρ·|D_r| and half the 1,000 holdout
+    seen = set(retain.sampler)
+    assert seen == set(range(770))  # one shuffle over both parts
+    # a method that reads the holdout half itself (LTU) keeps D̂_r as its retain batches
+    assert (
+        list(dm.retain_dataloader(holdout_as_retain=False).dataset.indices)
+        == roles["retain_subset"].tolist()
+    )
+
+
 @pytest.mark.parametrize("train_on", ["train", "remaining", "retain_subset"])
 def test_train_on_role(train_on):
     dm = fmnist_dm(train_on=train_on)
@@ -342,7 +359,10 @@ def test_train_on_role(train_on):
 
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
-    [({"train_on": "forget"}, "train_on='forget'"), ({"access": "some"}, "access='some'")],
+    [
+        ({"train_on": "forget"}, "train_on='forget'"),
+        ({"access": "some"}, r"access='some' is unknown; choose 'partial' .*'partial\+holdout'"),
+    ],
 )
 def test_bad_train_on_or_access(kwargs, pattern):
     with pytest.raises(LTUError, match=pattern):

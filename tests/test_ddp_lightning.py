@@ -149,6 +149,8 @@ def _fit(
             "digits",
             holdout=0.2,
             train_on=train_on,
+            # LTU's auditors read the holdout's auditor half; the baselines keep D̂_r alone
+            access="partial+holdout" if getattr(module, "reads_holdout", False) else "partial",
             batch_size=batch_size,
             manifest_path=str(tmp / "split_manifest.json"),
         )

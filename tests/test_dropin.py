@@ -61,7 +61,8 @@ def test_foreign_project_every_method_three_seeds_never_ends_worse_than_start(
 ):
     data, original = project
     for seed in range(3):
-        dm = UnlearningDataModule.wrap(data, forget=0.1, seed=seed, batch_size=32)
+        access = "partial+holdout" if method.reads_holdout else "partial"
+        dm = UnlearningDataModule.wrap(data, forget=0.1, seed=seed, batch_size=32, access=access)
         L.seed_everything(seed)
         module = method(copy.deepcopy(original))
         _trainer(tmp_path / str(seed)).fit(module, dm)  # NonFiniteStepError would raise
@@ -93,7 +94,7 @@ def test_saturated_original_gives_finite_ltu(tmp_path):
     with torch.no_grad():
         losses = torch.nn.functional.cross_entropy(net(x), y, reduction="none")
     assert (losses == 0).float().mean() > 0.3  # saturated: many losses exactly 0 in float32
-    dm = UnlearningDataModule.wrap(data, forget=0.1)
+    dm = UnlearningDataModule.wrap(data, forget=0.1, access="partial+holdout")
     module = LTUModule(net)
     _trainer(tmp_path, epochs=3).fit(module, dm)
     assert all(torch.isfinite(p).all() for p in module.backbone.parameters())
@@ -113,7 +114,7 @@ def test_nothing_to_forget_is_detected_and_changes_little(tmp_path):
     seen.train_set = TensorDataset(x[~forget], y[~forget])
     seen.val_set, seen.test_set = data.val_set, data.test_set
     original = train(seen, net, epochs=25)
-    dm = UnlearningDataModule.wrap(data, forget=forget)
+    dm = UnlearningDataModule.wrap(data, forget=forget, access="partial+holdout")
     before = evaluate_unlearning(original, dm)
     module = LTUModule(copy.deepcopy(original))
     with pytest.warns(UserWarning, match="nothing to forget"):
@@ -235,7 +236,7 @@ def test_public_names_for_python_users():
 
 def test_no_eval_mode_warning_from_frozen_helpers(tmp_path):
     data, net = tabular_project(300)
-    dm = UnlearningDataModule.wrap(data, forget=0.1)
+    dm = UnlearningDataModule.wrap(data, forget=0.1, access="partial+holdout")
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         _trainer(tmp_path, epochs=1).fit(LTUModule(net), dm)

@@ -102,6 +102,7 @@ def digits(tmp_path_factory) -> Digits:
                 "batch_size": 32,
                 "manifest_path": str(manifest),
                 "train_on": "unlearn",
+                "access": "partial+holdout",
             },
         },
     }

@@ -8,6 +8,7 @@ models (and each stage's metrics) are reused when their checkpoint and metrics a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,9 @@ NOT_COUNTED = ("holdout_val", "test")
 
 @dataclass
 class MethodSpec:
-    """One row of the table: ``key`` is ``<method>:<access>`` (e.g. ``ltu:partial``); its stage
-    configs (composed in order) and its overrides (a map, applied after the benchmark's)."""
+    """One row of the table: ``key`` is ``<method>:<access>`` (e.g. ``ltu:partial+holdout``,
+    ``ft:full``); its stage configs (composed in order) and its overrides (a map, applied after
+    the benchmark's)."""
 
     key: str
     config: str | list[str]
@@ -46,8 +48,16 @@ class MethodSpec:
         return self.key.split(":", 1)[1] if ":" in self.key else None
 
     @property
+    def method(self) -> str:
+        """The method's name: the key before ``:`` (``ltu`` in ``ltu:partial+holdout``)."""
+        return self.key.split(":", 1)[0]
+
+    @property
     def folder(self) -> str:
-        return self.key.replace(":", "_")
+        """The row's folder (and search-space file) name: the key with ``:`` and any character
+        other than letters, digits, ``.``, ``+``, ``-`` and ``_`` replaced by ``_``
+        (``ltu:partial+holdout`` -> ``ltu_partial+holdout``)."""
+        return re.sub(r"[^\w.+-]", "_", self.key, flags=re.ASCII)
 
 
 @dataclass
@@ -61,9 +71,11 @@ class StageResult:
 
 def images_read(datamodule: Any) -> int | None:
     """Distinct training and holdout images a fit read: the union of the pool indices of the
-    roles its data module built (``roles_read``) except :data:`NOT_COUNTED`; e.g. partial
-    access |D_f| + |D̂_r|, full access |D_f| + |D_r|, plus the auditor half of the holdout for
-    LTU's auditors. None for a data module that does not record its roles."""
+    roles its data module built (``roles_read``) except :data:`NOT_COUNTED`: |D_f| + |D̂_r|
+    under ``partial``, |D_f| + |D̂_r| + |auditor half of the holdout| under ``partial+holdout``
+    (LTU's auditors or, for a baseline, its retain batches), |D_f| + |D_r| under ``full`` (plus
+    the auditor half for LTU, whose auditors read it in every mode). None for a data module
+    that does not record its roles."""
     if not hasattr(datamodule, "roles_read") or not hasattr(datamodule, "role_indices"):
         return None
     roles = [r for r in datamodule.roles_read if r not in NOT_COUNTED]

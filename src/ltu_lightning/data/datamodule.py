@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Subset
 
 from ltu_lightning.data.adapters import Forget, forget_arguments, loader_dataset, user_bundle
 from ltu_lightning.data.datasets import DatasetBundle, load_dataset
@@ -29,7 +29,16 @@ from ltu_lightning.errors import LTUError
 #: What a ``fit`` trains on: the original model (``train``), the retrain gold standard
 #: (``remaining``), or an unlearning run (``unlearn``: forget batches + retain batches).
 TRAIN_ON = ("train", "remaining", "retain_subset", "unlearn")
-ACCESS = ("partial", "full")
+#: Which retain data an unlearning run reads (docs/protocol.md, "Data roles"): the retain subset
+#: D̂_r (``partial``), D̂_r and the auditor half of the holdout (``partial+holdout``), or the whole
+#: remaining set D_r (``full``).
+ACCESS = ("partial", "partial+holdout", "full")
+#: What each access mode is, in the words of the error for an unknown one
+ACCESS_MEANING = {
+    "partial": "the retain subset",
+    "partial+holdout": "the retain subset and the auditor half of the holdout",
+    "full": "the remaining set",
+}
 MANIFEST_NAME = "split_manifest.json"
 
 
@@ -84,8 +93,12 @@ class UnlearningDataModule(L.LightningDataModule):
             (``.json`` list, ``.npy`` or text) instead of the split's ``train`` role. The split,
             its manifest and every other role stay the seed's; the membership audit's shadow
             models train on halves of the pool this way (``benchmark/shadows.py``).
-        access: for ``train_on="unlearn"``: retain batches from the retain subset (``partial``)
-            or the whole remaining set (``full``).
+        access: for ``train_on="unlearn"``, the retain data (see ``ACCESS``): the retain
+            subset D̂_r (``partial``); D̂_r and the auditor half of the holdout
+            (``partial+holdout``: a method that reads that half through parts of its own, such
+            as LTU's auditors, declares ``reads_holdout = True`` and keeps D̂_r as its retain
+            batches; any other gets the half as extra labelled retain data); or the whole
+            remaining set D_r (``full``).
         batch_size: training batch size (per stream for ``unlearn``).
         eval_batch_size: batch size of evaluation loaders.
         num_workers: DataLoader workers.
@@ -119,9 +132,8 @@ class UnlearningDataModule(L.LightningDataModule):
         if train_on not in TRAIN_ON:
             raise LTUError(f"train_on={train_on!r} is unknown; choose one of {', '.join(TRAIN_ON)}")
         if access not in ACCESS:
-            raise LTUError(
-                f"access={access!r} is unknown; choose 'partial' (retain subset) or 'full' (remaining set)"
-            )
+            choices = ", ".join(f"{a!r} ({ACCESS_MEANING[a]})" for a in ACCESS)
+            raise LTUError(f"access={access!r} is unknown; choose {choices}")
         if train_index_file is not None and train_on != "train":
             raise LTUError(
                 f"train_index_file replaces the training set of train_on='train', but "
@@ -400,7 +412,9 @@ class UnlearningDataModule(L.LightningDataModule):
         """A loader of one role; ``shuffle`` orders it by the split seed, the run's global
         seed (``seed_everything``) and the epoch, so that a resumed run replays the order."""
         size = batch_size or (self.batch_size if train else self.eval_batch_size)
-        dataset = self.role_dataset(role, train)
+        return self._loader(self.role_dataset(role, train), size, shuffle)
+
+    def _loader(self, dataset: Dataset, size: int, shuffle: bool) -> DataLoader:
         seeds = (self.hparams.seed, int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return DataLoader(
             dataset,
@@ -412,7 +426,33 @@ class UnlearningDataModule(L.LightningDataModule):
 
     @property
     def retain_role(self) -> str:
-        return "retain_subset" if self.access == "partial" else "remaining"
+        """D̂_r (``retain_subset``) under partial access, with or without the holdout; D_r
+        (``remaining``) under full access."""
+        return "remaining" if self.access == "full" else "retain_subset"
+
+    def retain_roles(self, holdout_as_retain: bool = True) -> tuple[str, ...]:
+        """The roles of the retain batches: :attr:`retain_role`, and under
+        ``access="partial+holdout"`` the auditor half of the holdout too, unless the method
+        reads that half itself (``holdout_as_retain=False``)."""
+        if self.access == "partial+holdout" and holdout_as_retain:
+            return (self.retain_role, "holdout_audit")
+        return (self.retain_role,)
+
+    def holdout_as_retain(self) -> bool:
+        """Whether the method being fit takes the auditor half of the holdout as retain data:
+        every method but one whose ``reads_holdout`` is true (LTU reads it for its auditors
+        and its holdout distillation, and keeps D̂_r as its retain batches)."""
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        return not getattr(module, "reads_holdout", False)
+
+    def retain_dataloader(self, holdout_as_retain: bool = True) -> DataLoader:
+        """The retain stream of the unlearning batches (training transforms, shuffled)."""
+        roles = self.retain_roles(holdout_as_retain)
+        if len(roles) == 1:
+            return self.role_dataloader(roles[0], train=True, shuffle=True)
+        parts = [self.role_dataset(role, train=True) for role in roles]
+        return self._loader(ConcatDataset(parts), self.batch_size, shuffle=True)
 
     # ----------------------------------------------------------- dataloaders
     @property
@@ -425,11 +465,12 @@ class UnlearningDataModule(L.LightningDataModule):
         if self.train_on != "unlearn":
             return self.role_dataloader(self.train_on, train=True, shuffle=True)
         # One epoch runs over the longer stream, cycling the shorter: with partial access that
-        # is about one pass over D_f, with full access one pass over D_r.
+        # is about one pass over D_f, with full access one pass over D_r, with the holdout as
+        # retain data one pass over whichever of D_f and D̂_r + holdout half is longer.
         return CombinedLoader(
             {
                 "forget": self.role_dataloader("forget", train=True, shuffle=True),
-                "retain": self.role_dataloader(self.retain_role, train=True, shuffle=True),
+                "retain": self.retain_dataloader(self.holdout_as_retain()),
             },
             mode="max_size_cycle",
         )

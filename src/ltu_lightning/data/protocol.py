@@ -39,7 +39,12 @@ class UnlearningData(Protocol):
     - ``hparams``: ``hparams.get("forget_classes")`` lists the forgotten classes for class-wise
       forgetting (empty or missing for random forgetting); call ``save_hyperparameters()``.
 
-    Optional: ``manifest_id`` (with a truthy ``manifest``) is recorded in checkpoints and
+    Optional: ``access`` names the retain data (``partial``, ``partial+holdout``, ``full``);
+    ``LTUModule`` refuses ``partial``, which excludes the holdout its auditors read (a data
+    module without ``access`` is taken to allow ``holdout_audit``, which it serves). A data
+    module may read the fitted module's ``reads_holdout`` (true for LTU) to keep the holdout
+    out of that method's retain batches, as ``UnlearningDataModule`` does under
+    ``partial+holdout``. ``manifest_id`` (with a truthy ``manifest``) is recorded in checkpoints and
     checked against ``original_ckpt``; ``num_classes`` is checked against the baselines'
     ``num_classes``; ``role_dataset``, ``dataset_name`` and ``num_classes`` together let the
     modules check the backbone against the data at set-up.

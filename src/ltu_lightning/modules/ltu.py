@@ -1,11 +1,16 @@
 """``LTUModule``: Learning to Unlearn (Huang, Foo, Liu, ECCV 2024) as a LightningModule.
 
 Each training step draws a forget batch and a retain batch (from the retain subset D̂_r under
-partial access), splits each into disjoint support and query halves (``meta=False``, the joint-step
-ablation, keeps whole batches), and hands them to the
+``access: partial+holdout``, from the remaining set D_r under ``full``), splits each into
+disjoint support and query halves (``meta=False``, the joint-step ablation, keeps whole
+batches), and hands them to the
 :class:`~ltu_lightning.optim.MetaHarmonizer` (meta-tune, meta-test, meta-update with gradient
 harmonization). The forgetting feedback comes from K differentiable membership auditors fitted
 on the original model's outputs (members: D̂_r; non-members: the auditor half of the holdout).
+
+LTU reads that half of the holdout in every run (its auditors' non-members, and the holdout
+distillation term): ``access: partial`` (D̂_r alone) is refused; ``partial+holdout`` reads
+D_f + D̂_r + the auditor half, ``full`` D_f + D_r + the auditor half.
 
 LTU's parts: this module (data, auditors, the two losses ``remembering_loss`` and
 ``forgetting_loss``), the step (:mod:`ltu_lightning.optim.meta_harmonizer`, its knobs in
@@ -26,7 +31,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from ltu_lightning.audit import AuditorEnsemble, make_forget_loss
 from ltu_lightning.audit.forget_losses import FORGET_LOSSES, ForgetLossName
-from ltu_lightning.errors import LTUError
+from ltu_lightning.errors import LTUError, how_to_set
 from ltu_lightning.modules.strategy import check_strategy
 from ltu_lightning.modules.unlearning import Batch, UnlearningModule, distill_kl
 from ltu_lightning.networks import Backbone
@@ -110,6 +115,9 @@ class LTUModule(UnlearningModule):
     """
 
     stop_rules = get_args(LTUStopRule)
+    #: LTU reads the auditor half of the holdout itself (auditors, holdout distillation), so
+    #: under ``access: partial+holdout`` its retain batches stay D̂_r
+    reads_holdout = True
 
     def __init__(
         self,
@@ -159,6 +167,22 @@ class LTUModule(UnlearningModule):
         self.harmonizer: MetaHarmonizer | None = None
 
     # ---------------------------------------------------------------- set-up
+    def check_data_contract(self) -> None:
+        """Also refuse ``access: partial``: LTU's auditors need the holdout's non-members."""
+        super().check_data_contract()
+        access = getattr(self.datamodule, "access", None)
+        if access == "partial":
+            raise LTUError(
+                "LTUModule reads the auditor half of the holdout (its membership auditors' "
+                "non-members and its holdout distillation), which access='partial' leaves out; "
+                "set "
+                + how_to_set(
+                    "UnlearningDataModule(access='partial+holdout')",
+                    "--data.init_args.access partial+holdout",
+                )
+                + " (the retain subset and that half) or access 'full'"
+            )
+
     def on_fit_start(self) -> None:
         batch_stats = self.backbone if self.meta_settings.bn_mode == "train" else None
         check_strategy(self.trainer, type(self).__name__, batch_stats)

@@ -110,6 +110,9 @@ class UnlearningModule(BaseModule):
 
     #: the stop rules this class accepts (a subclass with a rule of its own extends it)
     stop_rules: tuple[str, ...] = get_args(StopRule)
+    #: whether the method reads the auditor half of the holdout through parts of its own (LTU);
+    #: under ``access: partial+holdout`` every other method gets that half as retain data
+    reads_holdout: bool = False
 
     # ------------------------------------------------------- frozen helpers
     def __setattr__(self, name: str, value: Any) -> None:

@@ -38,7 +38,9 @@ class BadTeacher(BaselineModule):
 
     The loss is ``T²·KL(target ‖ student)`` at temperature T, averaged over the samples of the
     joint batch, so D_f drifts towards what a model that never learnt anything predicts while
-    the retain data keeps the original's outputs.
+    the retain data keeps the original's outputs. Under ``access: partial+holdout`` the auditor
+    half of the holdout is retain data: extra distillation data for the competent teacher
+    (its labels are not used).
 
     Args:
         temperature: T of the distillation KL (> 0; default 1, the paper's).

@@ -11,6 +11,9 @@ from ltu_lightning.modules.unlearning import Batch
 class FineTune(BaselineModule):
     """FT: fine-tune on the retain batches with cross-entropy (forgetting by catastrophic drift).
 
+    Under ``access: partial+holdout`` the auditor half of the holdout is retain data like D̂_r:
+    cross-entropy on its labels.
+
     Args: those of :class:`BaselineModule`.
     """
 

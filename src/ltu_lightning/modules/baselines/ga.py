@@ -12,6 +12,8 @@ class GradientAscent(BaselineModule):
     """GA: gradient ascent on the forget batches (minimizes −CE(D_f); retain batches unused).
 
     Unbounded: the stop rule (``val/criterion``) and a small learning rate keep it in check.
+    The retain batches are loaded (and counted in ``images_read``) but not used, whatever the
+    access: under ``partial+holdout`` the holdout half changes nothing.
 
     Args: those of :class:`BaselineModule`.
     """

@@ -20,7 +20,8 @@ class L1Sparse(FineTune):
     ``α_t = alpha·(1 − t/T)`` with t the optimizer step and T the run's total steps
     (``trainer.estimated_stepping_batches``, so ``max_epochs`` or ``max_steps`` must be finite).
     ‖θ‖₁ sums the absolute values of every backbone parameter (weights and biases), as in the
-    authors' code.
+    authors' code. Under ``access: partial+holdout`` the auditor half of the holdout is retain
+    data like D̂_r (cross-entropy on its labels, as in FT).
 
     Args:
         alpha: the initial sparsity weight α_0 (>= 0). Default 5e-4.

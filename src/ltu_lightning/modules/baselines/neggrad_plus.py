@@ -17,7 +17,8 @@ class NegGradPlus(BaselineModule):
 
     One joint step on both batches. The same objective is often written
     ``CE(retain) − β·CE(D_f)``: it is this one scaled by α, with ``β = (1−α)/α``
-    (α = 0.99 ↔ β ≈ 0.0101).
+    (α = 0.99 ↔ β ≈ 0.0101). Under ``access: partial+holdout`` the auditor half of the holdout
+    is retain data like D̂_r: it enters ``CE(retain)`` with its labels.
 
     Args:
         alpha: α in [0, 1], the weight of the retain CE (1 = FT, 0 = GA). Default 0.99.

@@ -20,7 +20,8 @@ class RandomLabel(BaselineModule):
     :class:`~ltu_lightning.audit.forget_losses.RandomLabelLoss` (its own seeded generator, so the
     global RNG stream is untouched). The relabelled forget batch and the retain batch go through
     the backbone as one batch and the CE is averaged over their union, as when the two sets are
-    concatenated into one training set (SalUn's RL).
+    concatenated into one training set (SalUn's RL). Under ``access: partial+holdout`` the
+    auditor half of the holdout is retain data like D̂_r (true labels, in the CE of the union).
 
     Args:
         generator_seed: seed of the random labels (named apart from the data module's ``seed``).

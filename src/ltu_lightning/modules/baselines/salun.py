@@ -24,7 +24,9 @@ class SalUn(RandomLabel):
     the gradients of the unmasked entries zeroed after every backward (so momentum and gradient
     clipping see the masked gradient), and the unmasked entries are reset to their original
     values after every optimizer step, so that weight decay cannot move them either: unmasked
-    weights stay exactly those of the original model.
+    weights stay exactly those of the original model. Under ``access: partial+holdout`` the
+    auditor half of the holdout is retain data of the RL step (true labels); the mask is
+    computed from D_f alone.
 
     Args:
         sparsity: fraction of the weights that are updated, in (0, 1] (SalUn's threshold;

@@ -32,6 +32,8 @@ class SCRUB(BaselineModule):
     Alternating also matters for models without BatchNorm/dropout: the student starts equal to
     the teacher, where the KL has zero gradient, so a pass of max-steps *before* any min-step
     would not move it (the original code relies on train-mode BatchNorm making them differ).
+    Under ``access: partial+holdout`` the auditor half of the holdout is retain data of the
+    min-steps: extra distillation data (KL to the teacher) with its labels in the CE term.
 
     Args:
         temperature: T of the distillation KL (> 0; default 4).

@@ -61,7 +61,7 @@ def _metrics(ua: float) -> dict[str, float]:
 
 
 def _bench(seeds: list[int]) -> Benchmark:
-    methods = [MethodSpec("ft:full", "ft.yaml"), MethodSpec("ltu:partial", "ltu.yaml")]
+    methods = [MethodSpec("ft:full", "ft.yaml"), MethodSpec("ltu:partial+holdout", "ltu.yaml")]
     return Benchmark(
         "toy", "o.yaml", "r.yaml", methods, seeds, Path("out"), {}, None, TUNING, REPORT
     )
@@ -73,7 +73,7 @@ def _results(seeds: list[int], ltu_ua: list[float], ft_ua: list[float]) -> dict:
         s: {
             "original": StageResult(_metrics(100.0), 10.0),
             "retrain": StageResult(_metrics(90.0), 10.0),
-            "ltu:partial": StageResult(_metrics(lu), 1.0),
+            "ltu:partial+holdout": StageResult(_metrics(lu), 1.0),
             "ft:full": StageResult(_metrics(fu), 1.0),
         }
         for s, lu, fu in zip(seeds, ltu_ua, ft_ua, strict=True)
@@ -98,7 +98,7 @@ def test_comparisons_pair_ltu_with_every_row_but_retrain(tmp_path: Path) -> None
     summary = aggregate(_bench(REPORT), _results(REPORT, [91.0, 92.0, 93.0], [94.0, 98.0, 102.0]))
     rows = {c["other"]: c for c in summary["comparisons"]}
     assert set(rows) == {"original", "ft:full"}
-    assert {c["method"] for c in rows.values()} == {"ltu:partial"}
+    assert {c["method"] for c in rows.values()} == {"ltu:partial+holdout"}
     assert rows["ft:full"]["differences"] == pytest.approx([-0.75, -1.5, -2.25])
     assert rows["ft:full"]["mean"] == pytest.approx(-1.5)
     assert rows["ft:full"]["p_wilcoxon"] == pytest.approx(2 / 8)  # exact, n = 3, one sign
@@ -108,8 +108,8 @@ def test_comparisons_pair_ltu_with_every_row_but_retrain(tmp_path: Path) -> None
         json.dumps(summary["comparisons"])
     )
     md = (tmp_path / "results.md").read_text()
-    assert "## `ltu:partial` against every other row (Avg.Gap)" in md
-    assert "| ft:full | -1.50 | [-2.25, -0.75] | 0.25 | 3/3 | **yes** |" in md
+    assert "## `ltu:partial+holdout` against every other row (Avg.Gap)" in md
+    assert "| ft:full | full | -1.50 | [-2.25, -0.75] | 0.25 | 3/3 | **yes** |" in md
 
 
 def test_a_mixed_difference_is_not_resolved_and_one_seed_is_na(tmp_path: Path) -> None:
@@ -120,8 +120,72 @@ def test_a_mixed_difference_is_not_resolved_and_one_seed_is_na(tmp_path: Path) -
     (ft,) = [c for c in one["comparisons"] if c["other"] == "ft:full"]
     assert ft["resolved"] is None
     write_reports(one, tmp_path)
-    assert "| ft:full | -1.75 | n/a | n/a | 1/1 | n/a |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| ft:full | full | -1.75 | n/a | n/a | 1/1 | n/a |" in md
 
 
 def test_no_ltu_row_means_no_comparisons() -> None:
     assert comparisons({"ft:full": {"per_seed": {}}, "retrain": {"per_seed": {}}}) == []
+
+
+def _rows(seeds: list[int], rows: dict[str, list[float]]) -> dict:
+    """Results of rows whose UA per seed is given (Retrain's UA is 90: Avg.Gap |UA − 90| / 4)."""
+    return {
+        s: {
+            "original": StageResult(_metrics(100.0), 10.0),
+            "retrain": StageResult(_metrics(90.0), 10.0),
+            **{key: StageResult(_metrics(ua[i]), 1.0) for key, ua in rows.items()},
+        }
+        for i, s in enumerate(seeds)
+    }
+
+
+def test_every_ltu_row_is_compared_same_access_first_and_the_table_groups_by_access(
+    tmp_path: Path,
+) -> None:
+    keys = ["ft:partial", "ltu:partial+holdout", "ft:full", "ltu_no_meta:partial+holdout",
+            "ft:partial+holdout", "ltu:full"]  # fmt: skip
+    bench = Benchmark(
+        "toy", "o.yaml", "r.yaml", [MethodSpec(k, "x.yaml") for k in keys], REPORT, Path("out"),
+        {}, None, TUNING, REPORT,
+    )  # fmt: skip
+    ua = {k: [91.0 + i, 92.0 + i, 93.0 + i] for i, k in enumerate(keys)}
+    results = _rows(REPORT, ua)
+    for per_seed in results.values():  # LTU full reads the holdout half beyond FT full
+        for key, result in per_seed.items():
+            read = {"ltu:full": 1500.0, "ft:full": 1000.0}.get(key, 570.0)
+            result.metrics["images_read"] = read
+    summary = aggregate(bench, results)
+    pairs = [(c["method"], c["other"], c["same_access"]) for c in summary["comparisons"]]
+    # each row whose method is ltu (not the ablation ltu_no_meta), same access first; the two
+    # LTU rows are compared once
+    assert pairs == [
+        ("ltu:partial+holdout", "ltu_no_meta:partial+holdout", True),
+        ("ltu:partial+holdout", "ft:partial+holdout", True),
+        ("ltu:partial+holdout", "original", None),
+        ("ltu:partial+holdout", "ft:partial", False),
+        ("ltu:partial+holdout", "ft:full", False),
+        ("ltu:partial+holdout", "ltu:full", False),
+        ("ltu:full", "ft:full", True),
+        ("ltu:full", "original", None),
+        ("ltu:full", "ft:partial", False),
+        ("ltu:full", "ltu_no_meta:partial+holdout", False),
+        ("ltu:full", "ft:partial+holdout", False),
+    ]
+    write_reports(summary, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    for key in ("ltu:partial+holdout", "ltu:full"):
+        assert f"## `{key}` against every other row (Avg.Gap)" in md
+    assert "| ft:partial+holdout | **partial+holdout** (same) |" in md
+    assert "| ft:full | full (same access, other images) |" in md
+    assert "| ft:partial | partial |" in md
+    # the main table: references, then one block per access in order of first appearance
+    table = md.split("| method | access |")[1].split("\n\n")[0]
+    order = [line.split(" | ")[:2] for line in table.splitlines()[2:]]
+    assert order == [
+        ["| original", "-"], ["| retrain", "-"], ["| ft", "partial"],
+        ["| ltu", "partial+holdout"], ["| ltu_no_meta", "partial+holdout"],
+        ["| ft", "partial+holdout"], ["| ft", "full"], ["| ltu", "full"],
+    ]  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert list(saved["methods"]) == ["original", "retrain", *keys]  # results.json: config order

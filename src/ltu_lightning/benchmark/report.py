@@ -99,39 +99,78 @@ def aggregate_audits(
     return audits
 
 
-def method_of_interest(methods: dict[str, Any]) -> str | None:
-    """The row the others are compared with: the first ``ltu:*`` row (None without one)."""
-    return next((key for key in methods if key.split(":")[0] == "ltu"), None)
+def method_name(key: str) -> str:
+    """A row's method: its key before ``:`` (``ltu`` in ``ltu:partial+holdout``)."""
+    return key.split(":", 1)[0]
+
+
+def methods_of_interest(methods: dict[str, Any]) -> list[str]:
+    """The rows the others are compared with: every row whose method is ``ltu``, whatever its
+    access (ablation rows such as ``ltu_no_meta:...`` are other methods)."""
+    return [key for key in methods if method_name(key) == "ltu"]
+
+
+def _images_mean(entry: dict[str, Any]) -> float | None:
+    stat = entry.get("images_read")
+    return stat["mean"] if isinstance(stat, dict) else None
 
 
 def comparisons(methods: dict[str, Any], metric: str = "avg_gap") -> list[dict[str, Any]]:
-    """The method of interest against every other row except Retrain (Avg.Gap's reference),
-    paired over seeds: differences, bootstrap 95 % interval, Wilcoxon p and ``resolved``."""
-    reference = method_of_interest(methods)
-    if reference is None:
-        return []
-    rows = {k: v for k, v in methods.items() if k != "retrain"}
-    return [c.as_dict() for c in compare_to_all(rows, reference, metric)]
+    """Each LTU row against every other row except Retrain (Avg.Gap's reference), paired over
+    seeds: differences, bootstrap 95 % interval, Wilcoxon p and ``resolved``. ``other_access``
+    and ``same_access`` (None for a row without access, e.g. the original) mark the rows of
+    the same access, which come first; ``same_images`` says whether both rows' measured
+    ``images_read`` agree (None when either is unknown: under ``full`` LTU reads the
+    holdout's auditor half beyond a baseline). Two LTU rows are compared once."""
+    out: list[dict[str, Any]] = []
+    references = methods_of_interest(methods)
+    for i, reference in enumerate(references):
+        rows = {k: v for k, v in methods.items() if k != "retrain" and k not in references[:i]}
+        access = methods[reference].get("access")
+        read = _images_mean(methods[reference])
+        found = []
+        for c in compare_to_all(rows, reference, metric):
+            other = methods[c.other].get("access")
+            same = None if other is None or access is None else other == access
+            other_read = _images_mean(methods[c.other])
+            images = None if read is None or other_read is None else read == other_read
+            found.append(
+                {**c.as_dict(), "other_access": other, "same_access": same, "same_images": images}
+            )
+        found.sort(key=lambda c: c["same_access"] is not True)  # stable: same access first
+        out += found
+    return out
 
 
 def _p(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3g}"
 
 
-def comparison_table(summary: dict[str, Any]) -> str:
-    """The comparisons as markdown: which differences of Avg.Gap are resolved; an empty string
-    when the table has no ``ltu:*`` row."""
-    rows = summary.get("comparisons") or []
+def comparison_table(summary: dict[str, Any], reference: str | None = None) -> str:
+    """The comparisons (of ``reference``, default all) as markdown: which differences of
+    Avg.Gap are resolved, rows of the same access marked; an empty string when the table has
+    no ``ltu`` row."""
+    rows = [
+        c for c in summary.get("comparisons") or [] if reference is None or c["method"] == reference
+    ]
     if not rows:
         return ""
-    head = "| other row | mean difference | 95 % interval | Wilcoxon p | lower on | resolved |"
-    lines = [head, "|" + "---|" * 6]
+    head = (
+        "| other row | access | mean difference | 95 % interval | Wilcoxon p | lower on "
+        "| resolved |"
+    )
+    lines = [head, "|" + "---|" * 7]
     for c in rows:
         several = c["resolved"] is not None
         interval = f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]" if several else "n/a"
         resolved = {True: "**yes**", False: "no", None: "n/a"}[c["resolved"]]
+        access = c.get("other_access") or "-"
+        if c.get("same_access"):
+            same = c.get("same_images") is not False
+            access = f"**{access}** (same)" if same else f"{access} (same access, other images)"
         cells = [
             c["other"],
+            access,
             f"{c['mean']:+.2f}",
             interval,
             _p(c["p_wilcoxon"]) if several else "n/a",
@@ -179,13 +218,29 @@ def _images_cell(stat: dict[str, float] | None) -> str:
     return f"{stat['mean']:.0f}" + (f" ± {stat['std']:.0f}" if stat["std"] > 0 else "")
 
 
+def grouped_by_access(methods: dict[str, Any]) -> list[str]:
+    """The rows in table order: the reference models, then one group per access mode (groups
+    in the order their first row appears, rows in config order within a group), so that each
+    row stands next to the rows that read the same data."""
+    keys = list(methods)
+    groups: list[str | None] = []
+    for key in keys:
+        access = methods[key].get("access")
+        if key not in REFERENCE_STAGES and access not in groups:
+            groups.append(access)
+    head = [k for k in keys if k in REFERENCE_STAGES]
+    rest = [k for g in groups for k in keys if k not in head and methods[k].get("access") == g]
+    return head + rest
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     head = ["method", "access"] + [name for _, name, _ in COLUMNS]
     head += ["images read", "collapsed", "failed", "no gain", "detectable"]
     seeds = len(summary["seeds"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, entry in summary["methods"].items():
-        cells = [key.split(":")[0], entry["access"] or "-"]
+    for key in grouped_by_access(summary["methods"]):
+        entry = summary["methods"][key]
+        cells = [method_name(key), entry["access"] or "-"]
         cells += [_fmt(entry[m], d, seeds) for m, _, d in COLUMNS]
         cells += [
             _images_cell(entry.get("images_read")),
@@ -212,8 +267,9 @@ def class_table(summary: dict[str, Any]) -> str:
         return ""
     lines = ["| method | access | " + " | ".join(name for _, name in CLASS_COLUMNS) + " |"]
     lines.append("|" + "---|" * (2 + len(CLASS_COLUMNS)))
-    for key, entry in entries.items():
-        cells = [key.split(":")[0], entry["access"] or "-"]
+    for key in grouped_by_access(entries):
+        entry = entries[key]
+        cells = [method_name(key), entry["access"] or "-"]
         cells += [_fmt(entry[m], 1, len(summary["seeds"])) for m, _ in CLASS_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -304,21 +360,32 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
         "not beat the starting model on the validation criterion; detectable = the two-sided "
         "verdict of the membership attacks on D_f vs test data (forgotten, still detectable: "
         "D_f looks more familiar, over-forgotten: D_f looks less familiar than unseen data).\n\n"
-        + markdown_table(summary)
-        + "\n"
+        + "Rows are grouped by access (partial: D_f and the retain subset; partial+holdout: "
+        "also the auditor half of the holdout; full: D_f and the whole remaining set); compare "
+        "a row with the rows of its own access.\n\n" + markdown_table(summary) + "\n"
     )
     classes = class_table(summary)
     if classes:
         md += "\nTest accuracy by class group (class-wise forgetting):\n\n" + classes + "\n"
-    compared = comparison_table(summary)
-    if compared:
-        reference = summary["comparisons"][0]["method"]
+    references = list(dict.fromkeys(c["method"] for c in summary.get("comparisons") or []))
+    for reference in references:
+        access = summary["methods"][reference].get("access")
         md += (
             f"\n## `{reference}` against every other row (Avg.Gap)\n\n"
             f"Paired over seeds: mean of `{reference}` − other (negative: `{reference}` is "
             "lower), seeded bootstrap 95 % interval of that mean, two-sided Wilcoxon "
             f"signed-rank p, seeds on which `{reference}` is lower; resolved = the interval "
-            "excludes 0 (n/a for one seed).\n\n" + compared + "\n"
+            "excludes 0 (n/a for one seed). "
+            + (
+                f"Rows of the same access (`{access}`, listed first) are the matched "
+                "comparison, marked *same* when they also read as many images (images read "
+                "differ, e.g. under `full`, where LTU's auditors read the holdout's auditor half "
+                "and a baseline does not: *other images*).\n\n"
+                if access
+                else "\n\n"
+            )
+            + comparison_table(summary, reference)
+            + "\n"
         )
     md += audit_sections(summary)
     _write_text(out / "results.md", md)
@@ -336,12 +403,13 @@ def _save_png(fig: Any, path: Path) -> None:
 
 
 #: marker of each access mode in the plots (reference models have none)
-ACCESS_MARKERS = {"partial": "o", "full": "s", None: "D"}
+ACCESS_MARKERS = {"partial": "o", "partial+holdout": "^", "full": "s", None: "D"}
 REFERENCE_COLOURS = {"original": "0.45", "retrain": "black"}
 
 
 def method_styles(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Colour per method (``ltu`` in ``ltu:partial`` and ``ltu:full`` alike), marker per access."""
+    """Colour per method (``ltu`` in ``ltu:partial+holdout`` and ``ltu:full`` alike), marker
+    per access."""
     import matplotlib
 
     tab10 = matplotlib.colormaps["tab10"].colors
@@ -350,7 +418,7 @@ def method_styles(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     names: list[str] = []
     styles = {}
     for key, entry in summary["methods"].items():
-        name = key.split(":")[0]
+        name = method_name(key)
         if name not in REFERENCE_COLOURS and name not in names:
             names.append(name)
         colour = REFERENCE_COLOURS.get(name) or palette[names.index(name) % len(palette)]

@@ -129,8 +129,13 @@ def train_original(
 # ------------------------------------------------------------------------------ unlearning
 def unlearning_data(data: L.LightningDataModule, forget: int = 3) -> UnlearningDataModule:
     """The unlearning roles of the user's data module: forget every training image of class
-    ``forget``; the user's validation set is the holdout; the unlearner may see 20% of the rest."""
-    return UnlearningDataModule.wrap(data, forget=forget, retain_fraction=0.2, batch_size=32)
+    ``forget``; the user's validation set is the holdout; the unlearner may see 20% of the rest
+    and the auditor half of the holdout (``access="partial+holdout"``: LTU's membership
+    auditors take their non-members from it; a method without auditors, such as the
+    harmonizer below, gets it as extra retain data)."""
+    return UnlearningDataModule.wrap(
+        data, forget=forget, retain_fraction=0.2, batch_size=32, access="partial+holdout"
+    )
 
 
 def _sgd_2e3(params: Any) -> torch.optim.Optimizer:

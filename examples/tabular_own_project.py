@@ -99,9 +99,12 @@ def main() -> None:
     train, val, test = datasets()
     forget = np.random.default_rng(0).random(len(train)) < 0.1  # the deletion request
     original = fit(MLP(), train)
+    # partial+holdout: LTU's auditors read the auditor half of the holdout, and FineTune gets
+    # the same images as extra retain data, so both read the same rows
     data = UnlearningDataModule.from_split(
-        train, test, forget=forget, holdout=val, manifest_path="runs/tabular/split_manifest.json"
-    )
+        train, test, forget=forget, holdout=val, access="partial+holdout",
+        manifest_path="runs/tabular/split_manifest.json",
+    )  # fmt: skip
     kept = torch.tensor(~forget)
     retrain = fit(MLP(), TensorDataset(*(t[kept] for t in train.tensors)))
     rows = {"original": original, "retrain": retrain}

@@ -7,7 +7,8 @@ package: a 3-class tabular task with an MLP, and 8x8 digits with a depthwise-sep
 Per project the original model is trained once on the user's training set; per seed a random
 10% of it is forgotten (``UnlearningDataModule.wrap(dm, forget=0.1, seed=seed)``), Retrain is
 the same recipe on the remaining rows, and every method starts from the original with its
-shipped defaults. Printed: Avg.Gap to Retrain (mean ± std over seeds, per-seed values), the
+shipped defaults. The baselines read the forget set and the retain subset (``access="partial"``),
+LTU also the auditor half of the holdout its auditors need (``access="partial+holdout"``). Printed: Avg.Gap to Retrain (mean ± std over seeds, per-seed values), the
 loss-AUC and whether the start was kept (``no gain``).
 """
 
@@ -49,9 +50,17 @@ def run(project: str, seeds: int, epochs: int, root: Path) -> dict[str, list[dic
     original = train(data, net, epochs=train_epochs)
     rows: dict[str, list[dict[str, float]]] = {}
     for seed in range(seeds):
-        dm = UnlearningDataModule.wrap(
-            data, forget=0.1, seed=seed, manifest_path=str(root / f"{project}_{seed}.json")
-        )
+        by_access = {
+            access: UnlearningDataModule.wrap(
+                data,
+                forget=0.1,
+                seed=seed,
+                access=access,
+                manifest_path=str(root / f"{project}_{seed}.json"),
+            )
+            for access in ("partial", "partial+holdout")
+        }
+        dm = by_access["partial"]
         dm.setup()
         remaining = dm.role_indices("remaining").tolist()
         users_retrain = copy.copy(data)
@@ -66,7 +75,7 @@ def run(project: str, seeds: int, epochs: int, root: Path) -> dict[str, list[dic
                 default_root_dir=root / project / method.__name__ / str(seed), max_epochs=epochs,
                 logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
-            ).fit(module, dm)  # fmt: skip
+            ).fit(module, by_access["partial+holdout" if method.reads_holdout else "partial"])  # fmt: skip
             models[method.__name__] = module.backbone
             rows.setdefault(f"{method.__name__} kept start", []).append(
                 {"value": float(module.kept_epoch is None)}

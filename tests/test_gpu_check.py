@@ -44,11 +44,11 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     assert all(row["ms_median"] > 0 for row in steps)
     results = json.loads((out / "quality_32-true" / "results.json").read_text())
     rows = json.dumps(results)
-    for key in ("original", "retrain", "ltu:partial", "ft:full"):
+    for key in ("original", "retrain", "ltu:partial+holdout", "ft:full"):
         assert key in rows, key
     summary = (out / "summary.md").read_text()
     assert "## Full Fashion-MNIST, ResNet-18, 32-true" in summary
-    assert "| ltu | partial |" in summary
+    assert "| ltu | partial+holdout |" in summary
 
 
 def test_gpu_check_refuses_unknown_argument(tmp_path: Path) -> None:

@@ -76,19 +76,19 @@ def test_a_fit_and_a_benchmark_print_none_of_the_known_warnings(tmp_path):
         "retrain": str(CONFIGS / "retrain" / "digits.yaml"),
         "seeds": [0],
         "out": str(tmp_path / "bench"),
-        "methods": [{"key": "ltu:partial", "config": str(CONFIGS / "unlearn" / "ltu_digits.yaml"),
+        "methods": [{"key": "ltu:partial+holdout", "config": str(CONFIGS / "unlearn" / "ltu_digits.yaml"),
                      "overrides": {"model.init_args.num_auditors": 1, "trainer.max_epochs": 2}}],
         "overrides": {"trainer.max_epochs": 1},
     }  # fmt: skip
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(bench))
     out = _ltu(["benchmark", "--config", tmp_path / "bench.yaml", "--wandb"], tmp_path)
-    assert "| ltu | partial |" in out
+    assert "| ltu | partial+holdout |" in out
     assert _noise(out) == []
     # W&B's console output (~30 lines per stage) stays out of the benchmark's
     assert [line for line in out.splitlines() if line.startswith("wandb:")] == []
     # a row's own overrides win over --overrides, and the benchmark says so
     assert (
-        "notice: ltu:partial sets its own --trainer.max_epochs 2, which wins over "
+        "notice: ltu:partial+holdout sets its own --trainer.max_epochs 2, which wins over "
         "--overrides --trainer.max_epochs 1" in out
     )
     # one seed: no "±" anywhere in the table; the wall time says what it measures
@@ -230,10 +230,10 @@ def test_the_progress_display_shows_stage_seed_and_eta():
     with BenchmarkProgress(4, console=console) as display:
         display.started(0, "original", "training")
         display.finished(0, "original")
-        display.started(0, "ltu:partial", "unlearning")
+        display.started(0, "ltu:partial+holdout", "unlearning")
         display.progress.refresh()
         text = console.export_text(clear=False)
-        assert "seed 0 · ltu:partial: unlearning" in text
+        assert "seed 0 · ltu:partial+holdout: unlearning" in text
         assert "1/4" in text and "ETA" in text
 
 

@@ -56,11 +56,11 @@ def test_degenerate_inputs() -> None:
 
 def test_compare_to_all_reads_results_json_entries() -> None:
     methods = {
-        "ltu:partial": {"per_seed": {"0": {"avg_gap": 1.0}, "1": {"avg_gap": 2.0}}},
+        "ltu:partial+holdout": {"per_seed": {"0": {"avg_gap": 1.0}, "1": {"avg_gap": 2.0}}},
         "ft:full": {"per_seed": {"0": {"avg_gap": 3.0}, "1": {"avg_gap": 3.5}}},
         "retrain": {"per_seed": {"0": {"avg_gap": 0.0}, "1": {"avg_gap": 0.0}}},
     }
-    rows = compare_to_all(methods, "ltu:partial")
+    rows = compare_to_all(methods, "ltu:partial+holdout")
     assert [r.other for r in rows] == ["ft:full", "retrain"]
     assert rows[0].differences == [-2.0, -1.5]
     with pytest.raises(LTUError, match="no method 'ltu'"):

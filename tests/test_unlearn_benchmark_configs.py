@@ -102,6 +102,13 @@ def test_ablation_fragments_compose_with_the_ltu_config(in_tmp, run_ltu, capsys)
     assert (out / "checkpoints" / "last.ckpt").is_file()
 
 
+def _first_of_its_kind(methods: list[dict], i: int) -> bool:
+    """Whether row ``i`` is the first of its method or the first of its access."""
+    method, _, access = methods[i]["key"].partition(":")
+    earlier = [m["key"].partition(":") for m in methods[:i]]
+    return method not in {m for m, _, _ in earlier} or access not in {a for _, _, a in earlier}
+
+
 @pytest.mark.parametrize("bench", BENCHMARKS, ids=lambda p: p.stem)
 def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_ltu, skip_md5):
     spec = yaml.safe_load(bench.read_text())
@@ -130,10 +137,13 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
         (in_tmp / path).write_text((REPO / path).read_text())
     out = in_tmp / "bench"
     # The demo benchmark, the smoke runs and the CIFAR benchmarks (every baseline through its
-    # dataset fragment) run every method; the others run their first (each method's stage config
-    # is exercised on its own by the unlearning-config tests) to keep CI short.
+    # dataset fragment) run every method once and every access once (the demo's first row of
+    # each method and of each access: the other rows compose the same configs); the others run
+    # their first (each method's stage config is exercised on its own by the unlearning-config
+    # tests) to keep CI short.
     every = spec["name"] in ("fmnist5k", "digits", "mnist5k") or dataset in CIFAR
-    methods = spec["methods"] if every else spec["methods"][:1]
+    methods = [m for i, m in enumerate(spec["methods"]) if _first_of_its_kind(spec["methods"], i)]
+    methods = methods if every else spec["methods"][:1]
     only = ["--only", json.dumps([m["key"] for m in methods])]
     run_ltu(["benchmark", "--config", bench, "--out", out, "--seeds", "1", *only,
              "--overrides", json.dumps({**spec.get("overrides", {}), **overrides})])  # fmt: skip
@@ -154,15 +164,20 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     assert results["methods"]["retrain"]["avg_gap"]["mean"] == 0.0  # against itself
     # images read, measured from the roles each fit's data module built (test split and
     # validation half left out): full access reads D_f and D_r, LTU on top of the retain subset
-    # that a partial-access baseline reads, the auditor half of the holdout
+    # that a partial-access baseline reads, the auditor half of the holdout; with the same
+    # access (partial+holdout) every baseline reads what LTU reads
     seed_root = out / f"seed_{results['seeds'][0]}"
     sizes = json.loads((seed_root / "split_manifest.json").read_text())["sizes"]
     read = {k: e["images_read"]["mean"] for k, e in results["methods"].items()}
     assert read["retrain"] == sizes["remaining"]
     if "ft:full" in read:
         assert read["ft:full"] == sizes["forget"] + sizes["remaining"]
-    if "ltu:partial" in read and "ft:partial" in read:
-        assert read["ltu:partial"] == read["ft:partial"] + sizes["holdout_audit"]
+    if "ltu:partial+holdout" in read and "ft:partial" in read:
+        assert read["ltu:partial+holdout"] == read["ft:partial"] + sizes["holdout_audit"]
+    matched = [f"{m}:partial+holdout" for m in ("ft", "rl", "neggrad_plus", "salun", "scrub")]
+    for key in [k for k in matched if k in read]:
+        assert read[key] == read["ltu:partial+holdout"], key
+        assert read[key] == sizes["forget"] + sizes["retain_subset"] + sizes["holdout_audit"]
     for name in ("results.csv", "results.md", "avg_gap_vs_time.png", "metrics_bars.png"):
         assert (out / name).is_file()
     # Class-wise benchmarks report the remaining and forgotten classes apart (docs/protocol.md).
@@ -205,7 +220,9 @@ def test_overwrite_is_a_flag_with_an_optional_value():
 
 
 @pytest.mark.parametrize(
-    "only", ["ltu:partial,nope:full", '["ltu:partial", "nope:full"]'], ids=["commas", "json"]
+    "only",
+    ["ltu:partial+holdout,nope:full", '["ltu:partial+holdout", "nope:full"]'],
+    ids=["commas", "json"],
 )
 def test_only_takes_keys_by_commas_or_json_and_names_unknown_ones(
     only, in_tmp, run_ltu, monkeypatch

@@ -145,6 +145,7 @@ def ltu_digits_config(path: Path) -> Path:
         "init_args": {"backbone": backbone, "num_auditors": 1, "auditor_epochs": 30},
     }
     cfg["data"]["init_args"]["train_on"] = "unlearn"
+    cfg["data"]["init_args"]["access"] = "partial+holdout"  # the auditors read the holdout
     cfg["trainer"].update(
         max_epochs=3,
         num_sanity_val_steps=0,
@@ -357,14 +358,18 @@ def test_benchmark_logs_grouped_stage_runs_and_a_report(wandb_offline, run_ltu, 
         "retrain": str(CONFIGS / "retrain" / "digits.yaml"),
         "seeds": [0],
         "out": str(out),
-        "methods": [{"key": "ltu:partial", "config": str(ltu_digits_config(wandb_offline / "ltu.yaml"))}],
+        "methods": [{"key": "ltu:partial+holdout", "config": str(ltu_digits_config(wandb_offline / "ltu.yaml"))}],
         "overrides": {"trainer.max_epochs": 2},
     }  # fmt: skip
     (wandb_offline / "bench.yaml").write_text(yaml.safe_dump(bench))
     run_ltu(["benchmark", "--config", wandb_offline / "bench.yaml", "--wandb"])
     close_wandb()
     assert "W&B group digits-" in capsys.readouterr().out
-    stages = {"original": "original", "retrain": "retrain", "ltu:partial": "ltu_partial"}
+    stages = {
+        "original": "original",
+        "retrain": "retrain",
+        "ltu:partial+holdout": "ltu_partial+holdout",
+    }
     groups = set()
     for job_type, folder in stages.items():
         (run,) = offline_runs(out / "seed_0" / folder)
@@ -381,7 +386,9 @@ def test_benchmark_logs_grouped_stage_runs_and_a_report(wandb_offline, run_ltu, 
         assert abs(summary["selected/val/acc"] - summary["eval/TA"]) < 25, folder
         assert 10 < run_history(records, "val/acc")[-1] <= 100, folder
     results = json.loads((out / "results.json").read_text())["methods"]
-    assert summary["eval/avg_gap"] == pytest.approx(results["ltu:partial"]["avg_gap"]["mean"])
+    assert summary["eval/avg_gap"] == pytest.approx(
+        results["ltu:partial+holdout"]["avg_gap"]["mean"]
+    )
     (report,) = offline_runs(out)
     info = run_info(wandb_records(report))
     assert info.job_type == "report" and {info.run_group} == groups
@@ -393,9 +400,9 @@ def test_benchmark_logs_grouped_stage_runs_and_a_report(wandb_offline, run_ltu, 
     assert info.run_group.startswith("digits-")
     (table,) = (report / "files" / "media" / "table").glob("results_*.table.json")
     table = json.loads(table.read_text())
-    assert [row[0] for row in table["data"]] == ["original", "retrain", "ltu:partial"]
+    assert [row[0] for row in table["data"]] == ["original", "retrain", "ltu:partial+holdout"]
     assert table["data"][2][table["columns"].index("UA_mean")] == pytest.approx(
-        results["ltu:partial"]["UA"]["mean"]
+        results["ltu:partial+holdout"]["UA"]["mean"]
     )
     images = (report / "files" / "media" / "images" / "plots").glob("*.png")
     assert sorted(p.name.rsplit("_", 2)[0] for p in images) == sorted(

@@ -174,7 +174,7 @@ def add_benchmark_arguments(parser: ArgumentParser) -> None:
         "--only",
         type=list[str] | str | None,
         default=None,
-        help='run only these method keys: "ltu:partial,ft:full" or a JSON list',
+        help='run only these method keys: "ltu:partial+holdout,ft:full" or a JSON list',
     )
     parser.add_argument(
         "--tuned",

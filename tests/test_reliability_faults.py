@@ -326,3 +326,24 @@ def test_only_the_first_process_of_a_multi_process_run_takes_the_lock(tmp_path, 
         with RunLock(tmp_path, "--trainer.default_root_dir"):
             pass  # rank 1: no lock of its own
         assert (tmp_path / OWNER_NAME).exists()  # rank 0's note is untouched
+
+
+def test_a_stopped_run_whose_start_won_is_reported_from_the_start(tmp_path: Path) -> None:
+    """A guard stops a fit after an epoch that the starting model beat: its ``best.ckpt`` holds
+    that epoch (the start is written over it only when a fit ends), so the start is reported."""
+    from types import SimpleNamespace
+
+    from ltu_lightning.runner.stage import reported_checkpoint
+
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    best.parent.mkdir()
+    best.write_bytes(b"epoch 0")
+    original = tmp_path / "original.ckpt"
+    started = SimpleNamespace(keeps_start=True, stop_rule="criterion")
+    moved_on = SimpleNamespace(keeps_start=False, stop_rule="criterion")
+    assert reported_checkpoint(started, tmp_path, original, failed=True) == original
+    assert reported_checkpoint(moved_on, tmp_path, original, failed=True) == best
+    # a finished fit has written the start over best.ckpt itself
+    assert reported_checkpoint(started, tmp_path, original, failed=False) == best
+    best.unlink()
+    assert reported_checkpoint(moved_on, tmp_path, original, failed=True) == original

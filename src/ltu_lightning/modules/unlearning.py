@@ -318,6 +318,11 @@ class UnlearningModule(BaseModule):
         self._kept_epoch = epoch
 
     @property
+    def keeps_start(self) -> bool:
+        """Whether the selected candidate so far is the starting model (no epoch beat it)."""
+        return self._kept is not None and self._kept_epoch is None
+
+    @property
     def kept_epoch(self) -> int | None:
         """The selected epoch (None: the starting model, or no selection)."""
         return self._kept_epoch

@@ -137,9 +137,7 @@ class Stage:
                     raise
                 failure = str(err)
             elapsed = time.perf_counter() - start
-        chosen = selected_checkpoint(cli.model, self.root)
-        if failure is not None and not chosen.exists():
-            chosen = self.original_ckpt
+        chosen = reported_checkpoint(cli.model, self.root, self.original_ckpt, failure is not None)
         # a stopped run's checkpoint callbacks score epochs it did not stand by
         score = monitored_best_score(cli.trainer) if failure is None else None
         return FitResult(cli, elapsed, score, chosen, failure)
@@ -173,6 +171,21 @@ class FitResult:
     best_score: float | None
     checkpoint: Path
     failure: str | None = None
+
+
+def reported_checkpoint(model: Any, root: Path, original: Path | None, failed: bool) -> Path:
+    """The checkpoint a fit is reported from: :func:`selected_checkpoint`, except for a run
+    stopped by a guard whose selection so far is the starting model (its ``best.ckpt`` then
+    holds the best *epoch*, which the start beat: the start is written over it only when a fit
+    ends) or that has no checkpoint of its own: the model it started from, ``original``."""
+    chosen = selected_checkpoint(model, root)
+    if (
+        failed
+        and original is not None
+        and (getattr(model, "keeps_start", False) or not chosen.exists())
+    ):
+        return original
+    return chosen
 
 
 def selected_checkpoint(model: Any, root: Path) -> Path:

@@ -87,3 +87,29 @@ def test_a_search_space_is_checked(tmp_path: Path) -> None:
         yaml.safe_dump({LR: {"choices": [0.1, 0.2]}, "trainer.max_epochs": {"low": 1, "high": 3}})
     )
     assert set(read_space(path)) == {LR, "trainer.max_epochs"}
+
+
+SPACES = sorted((Path(__file__).resolve().parents[1] / "experiments" / "search").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("bench_name", sorted({p.parent.name for p in SPACES}))
+def test_every_search_space_names_a_row_and_keys_its_stage_accepts(
+    bench_name, tmp_path, monkeypatch
+) -> None:
+    """Each ``experiments/search/<benchmark>/<row>.yaml`` names a row of that benchmark config,
+    and the row's stage, composed with the space's lower bounds, resolves each key to them."""
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the benchmark configs name their stage configs from the repo root
+    cfg = build_parser().parse_args(
+        ["--config", str(repo / "configs" / "benchmark" / f"{bench_name}.yaml")]
+    )
+    bench = _load_and_select(cfg)
+    rows = {m.folder: m.key for m in bench.methods}
+    for path in (p for p in SPACES if p.parent.name == bench_name):
+        assert path.stem in rows, f"{path} names no row of {bench_name}: {sorted(rows)}"
+        space = read_space(path)
+        point = {k: d["choices"][0] if "choices" in d else d["low"] for k, d in space.items()}
+        stage = bench.stage(rows[path.stem], 0, root=tmp_path / path.stem, extra=point)
+        resolved = stage.build().config
+        for key, value in point.items():
+            assert resolved[key] == pytest.approx(value), (path.name, key)

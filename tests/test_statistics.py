@@ -27,7 +27,12 @@ def test_hand_computed_example() -> None:
     assert c.p_wilcoxon == pytest.approx(2 / 32)
     # every resample mean lies between the smallest and the largest difference
     assert -5.0 <= c.ci_low < c.mean < c.ci_high <= -1.0
-    assert c.resolved
+    # the interval excludes 0, but five seeds cannot reach p < 0.05 two-sided: not resolved
+    assert not c.resolved
+    # a sixth seed of the same sign: p = 2 / 2**6 < 0.05, resolved
+    six = paired_comparison("ltu", "ft", {**ltu, 5: 6.0}, {**ft, 5: 12.0})
+    assert six.p_wilcoxon == pytest.approx(2 / 64)
+    assert six.ci_high < 0 and six.resolved
 
 
 def test_constant_shift_has_a_point_interval() -> None:

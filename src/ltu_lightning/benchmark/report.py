@@ -375,7 +375,8 @@ def write_reports(summary: dict[str, Any], out: Path) -> list[Path]:
             f"Paired over seeds: mean of `{reference}` − other (negative: `{reference}` is "
             "lower), seeded bootstrap 95 % interval of that mean, two-sided Wilcoxon "
             f"signed-rank p, seeds on which `{reference}` is lower; resolved = the interval "
-            "excludes 0 (n/a for one seed). "
+            "excludes 0 and p < 0.05 (n/a for one seed; the signed-rank test needs six seeds "
+            "or more to reach p < 0.05). "
             + (
                 f"Rows of the same access (`{access}`, listed first) are the matched "
                 "comparison, marked *same* when they also read as many images (images read "

@@ -143,3 +143,16 @@ def test_ltu_audit_lira_trains_shadows_once_and_scores_every_model(bench: Path, 
     assert "## Audit `lira`" in (out / "results.md").read_text()
     line = _one_line(capsys, [*args[:-1], "3"])
     assert line.startswith("error: --lira_shadows 3: ") and "even number" in line
+
+
+def test_audit_columns_are_listed_once_over_several_seeds(tmp_path: Path) -> None:
+    from ltu_lightning.benchmark.report import aggregate_audits
+    from ltu_lightning.benchmark.runner import Benchmark, StageResult
+
+    bench = Benchmark("b", "o.yaml", "r.yaml", [], [0, 1, 2], tmp_path)
+    block = {"inversion": {"columns": {"inv_a": 1.0, "inv_b": 2.0}, "time_s": 0.5}}
+    results = {s: {"retrain": StageResult({}, 1.0, audits=block)} for s in bench.seeds}
+    methods: dict = {"retrain": {}}
+    audits = aggregate_audits(bench, results, methods)
+    assert audits["inversion"]["columns"] == ["inv_a", "inv_b"]
+    assert methods["retrain"]["audits"]["inversion"]["inv_b"]["mean"] == 2.0

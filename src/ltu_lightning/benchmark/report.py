@@ -84,7 +84,11 @@ def aggregate_audits(
             if any(b is None for b in blocks):
                 continue
             per_seed = {s: dict(b["columns"]) for s, b in zip(seeds, blocks, strict=True)}
-            columns += [c for b in blocks for c in b["columns"] if c not in columns]
+            columns += [
+                c
+                for c in dict.fromkeys(c for b in blocks for c in b["columns"])
+                if c not in columns
+            ]
             stats = {
                 c: summarize([row.get(c, math.nan) for row in per_seed.values()])
                 for c in dict.fromkeys(c for b in blocks for c in b["columns"])

@@ -99,16 +99,50 @@ def test_load_dataset_reads_what_was_written(name, fake_root, skip_md5):
     np.testing.assert_array_equal(bundle.test_targets, written[name]["test"])
     if name == "svhn":
         assert 0 in bundle.pool_targets and bundle.pool_targets.max() == 9
-    # images as written, pixel for pixel, with their labels
+    # images as written, pixel for pixel, with their labels: the array datasets held in memory
+    # as uint8 [C, H, W] tensors, image folders as the PIL images they are read as
     for split, ds in (("train", bundle.pool), ("test", bundle.test)):
         for i in (0, len(ds) - 1):
             image, target = ds[i]
             assert target == written[name][split][i]
-            np.testing.assert_array_equal(
-                np.asarray(image), as_hwc(name, written[name][f"x_{split}"], i)
-            )
-            assert image.size == (w, h)
+            if name == "imagefolder":
+                assert image.size == (w, h)
+                pixels = np.asarray(image)
+            else:
+                assert isinstance(image, torch.Tensor) and image.dtype == torch.uint8
+                assert tuple(image.shape) == (channels, h, w)
+                pixels = image.permute(1, 2, 0).numpy().squeeze(-1 if channels == 1 else ())
+            np.testing.assert_array_equal(pixels, as_hwc(name, written[name][f"x_{split}"], i))
     assert len(bundle.fingerprint) == 16
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+@pytest.mark.parametrize("train", [False, True])
+def test_in_memory_items_transform_like_torchvision_pil_items(name, train, fake_root, skip_md5):
+    """Indexing the arrays gives what torchvision's own PIL items give after the same transform
+    (augmentations drawing the same numbers), and the dataset's fingerprint is unchanged."""
+    import torchvision.datasets as tvd
+
+    root, _ = fake_root
+    bundle = load_dataset(name, root=root_of(name, root))
+    if name == "svhn":
+        reference = tvd.SVHN(str(root), split="train")
+    else:
+        cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST}
+        reference = cls.get(name, tvd.FashionMNIST)(str(root), train=True)
+    transform = build_transforms(name, train=train, augment=True)
+    for i in range(0, len(reference), 9):
+        torch.manual_seed(i)
+        expected = transform(reference[i][0])
+        torch.manual_seed(i)
+        torch.testing.assert_close(transform(bundle.pool[i][0]), expected, rtol=0, atol=0)
+    sample = ",".join(
+        str(reference[int(i)][0].size) for i in np.linspace(0, len(reference) - 1, 4).astype(int)
+    )
+    expected_print = datasets_module._fingerprint(
+        name, bundle.pool_targets, bundle.test_targets, sample
+    )
+    assert bundle.fingerprint == expected_print
 
 
 @pytest.mark.parametrize("name", ON_DISK)

@@ -25,6 +25,9 @@ EMBEDDED = ("fmnist5k", "mnist5k", "digits")
 TORCHVISION = ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist")
 DATASETS = EMBEDDED + TORCHVISION + ("imagefolder",)
 
+#: largest in-memory dataset (as float32 images) whose transformed images a view caches
+CACHE_LIMIT_BYTES = 256 * 2**20
+
 # Per-channel mean/std used for normalization (standard values for each dataset).
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fmnist5k": ((0.2860,), (0.3530,)),
@@ -74,9 +77,12 @@ class DatasetBundle:
 
         ``cache=True`` (only for a deterministic transform) keeps each transformed image of an
         in-memory dataset after its first use, so the per-epoch validation passes of an
-        unlearning run stop re-running the transform pipeline; other datasets are not cached.
+        unlearning run stop re-running the transform pipeline; datasets read from files, and
+        in-memory ones whose float images would exceed ``CACHE_LIMIT_BYTES``, are not cached.
         """
-        return _TransformView(dataset, transform, cache and isinstance(dataset, TensorImageDataset))
+        in_memory = isinstance(dataset, TensorImageDataset)
+        small = in_memory and dataset.images.numel() * 4 <= CACHE_LIMIT_BYTES
+        return _TransformView(dataset, transform, cache and small)
 
 
 class _TransformView(Dataset):
@@ -187,6 +193,17 @@ def _targets_of(dataset: Any) -> np.ndarray:
     )
 
 
+def _images_of(dataset: Any) -> torch.Tensor:
+    """The uint8 images [N, C, H, W] a torchvision array dataset holds in ``.data`` (MNIST and
+    Fashion-MNIST [N, H, W], CIFAR [N, H, W, C], SVHN already [N, C, H, W])."""
+    data = torch.as_tensor(np.asarray(dataset.data, dtype=np.uint8))
+    if data.ndim == 3:
+        return data.unsqueeze(1)
+    if data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):  # channels last (CIFAR)
+        return data.permute(0, 3, 1, 2).contiguous()
+    return data
+
+
 def load_torchvision(name: str, root: str, download: bool) -> DatasetBundle:
     import torchvision.datasets as tvd
 
@@ -225,6 +242,9 @@ def load_torchvision(name: str, root: str, download: bool) -> DatasetBundle:
         ) from err
     y_pool, y_test = _targets_of(pool), _targets_of(test)
     sample = ",".join(str(pool[i][0].size) for i in np.linspace(0, len(pool) - 1, 4).astype(int))
+    if name != "imagefolder":  # arrays in memory: index them, not one PIL image per item
+        pool = TensorImageDataset(_images_of(pool), torch.from_numpy(y_pool))
+        test = TensorImageDataset(_images_of(test), torch.from_numpy(y_test))
     return DatasetBundle(
         name=name,
         pool=pool,

@@ -20,6 +20,8 @@ GRIDS = REPO / "experiments" / "tuning"
 LTU_CONFIGS = sorted((CONFIGS / "unlearn").glob("ltu_*.yaml"))
 ABLATIONS = sorted((CONFIGS / "unlearn" / "ablations").glob("*.yaml"))
 BENCHMARKS = sorted((CONFIGS / "benchmark").glob("*.yaml"))
+# a variant of a benchmark, layered on it: configs/benchmark/<benchmark>/<variant>.yaml
+VARIANTS = sorted((CONFIGS / "benchmark").glob("*/*.yaml"))
 FAKE = {
     "cifar10": write_cifar10,
     "cifar100": write_cifar100,
@@ -109,9 +111,21 @@ def _first_of_its_kind(methods: list[dict], i: int) -> bool:
     return method not in {m for m, _, _ in earlier} or access not in {a for _, _, a in earlier}
 
 
-@pytest.mark.parametrize("bench", BENCHMARKS, ids=lambda p: p.stem)
+def _layers(bench: Path) -> list[Path]:
+    """The configs ``ltu benchmark`` is given for ``bench``: a variant comes after its base."""
+    if bench.parent.name == "benchmark":
+        return [bench]
+    return [bench.parent.with_suffix(".yaml"), bench]
+
+
+@pytest.mark.parametrize(
+    "bench", BENCHMARKS + VARIANTS, ids=lambda p: "/".join(p.relative_to(CONFIGS / "benchmark").with_suffix("").parts)
+)  # fmt: skip
 def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_ltu, skip_md5):
-    spec = yaml.safe_load(bench.read_text())
+    layers = _layers(bench)
+    spec = {}
+    for layer in layers:  # a later config's top-level keys replace the earlier's
+        spec |= yaml.safe_load(layer.read_text())
     dataset = dataset_of(REPO / spec["original"])
     # TINY's flags as config keys (the data ones under init_args)
     flags = [a for a in TINY if a not in ("--data.batch_size", "--data.num_workers", "8", "0")]
@@ -141,11 +155,12 @@ def test_every_benchmark_config_runs_and_writes_the_contract(bench, in_tmp, run_
     # each method and of each access: the other rows compose the same configs); the others run
     # their first (each method's stage config is exercised on its own by the unlearning-config
     # tests) to keep CI short.
-    every = spec["name"] in ("fmnist5k", "digits", "mnist5k") or dataset in CIFAR
+    every = bench.stem in ("fmnist5k", "digits", "mnist5k") or dataset in CIFAR
     methods = [m for i, m in enumerate(spec["methods"]) if _first_of_its_kind(spec["methods"], i)]
     methods = methods if every else spec["methods"][:1]
     only = ["--only", json.dumps([m["key"] for m in methods])]
-    run_ltu(["benchmark", "--config", bench, "--out", out, "--seeds", "1", *only,
+    configs = [a for layer in layers for a in ("--config", layer)]
+    run_ltu(["benchmark", *configs, "--out", out, "--seeds", "1", *only,
              "--overrides", json.dumps({**spec.get("overrides", {}), **overrides})])  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     # --seeds 1 runs the first report seed (seed 0 when the config names no seed roles)
@@ -236,6 +251,37 @@ def test_only_takes_keys_by_commas_or_json_and_names_unknown_ones(
     assert err.value.code == 2
     assert "unknown methods ['nope:full']" in err.value.stderr
     assert not (in_tmp / "b").exists()
+
+
+def test_method_overrides_pin_one_row_before_the_tuned_values_and_name_unknown_rows(
+    tmp_path, monkeypatch
+):
+    from ltu_lightning.benchmark.cli import _load_and_select, build_parser
+    from ltu_lightning.errors import LTUError
+
+    monkeypatch.chdir(REPO)  # the benchmark's stage configs are relative to the checkout
+    base = ["--config", str(CONFIGS / "benchmark" / "fmnist5k.yaml")]
+    classwise = ["--config", str(CONFIGS / "benchmark" / "fmnist5k" / "classwise.yaml")]
+    tuned = tmp_path / "chosen.yaml"
+    lr = "model.init_args.optimizer.init_args.lr"
+    tuned.write_text(
+        yaml.safe_dump({"ltu:partial+holdout": {lr: 0.5, "model.init_args.forget_loss": "mi"}})
+    )
+    plain = {m.key: m.overrides for m in _load_and_select(build_parser().parse_args(base)).methods}
+    cfg = build_parser().parse_args([*base, *classwise])
+    rows = {m.key: m.overrides for m in _load_and_select(cfg).methods}
+    assert rows.keys() == plain.keys()  # the variant keeps every row of its base
+    assert rows.pop("ltu:partial+holdout") == {
+        **plain.pop("ltu:partial+holdout"),
+        "model.init_args.forget_loss": "random_label",
+    }
+    assert rows == plain  # and pins nothing else
+    cfg = build_parser().parse_args([*base, *classwise, "--tuned", str(tuned)])
+    ltu = next(m for m in _load_and_select(cfg).methods if m.key == "ltu:partial+holdout")
+    assert ltu.overrides[lr] == 0.5 and ltu.overrides["model.init_args.forget_loss"] == "mi"
+    cfg = build_parser().parse_args([*base, "--method_overrides", '{"nope:full": {"a": 1}}'])
+    with pytest.raises(LTUError, match=r"--method_overrides names methods \['nope:full'\]"):
+        _load_and_select(cfg)
 
 
 def test_classwise_retrain_does_not_know_the_forgotten_class(in_tmp, run_ltu):

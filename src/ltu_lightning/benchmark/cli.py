@@ -171,6 +171,14 @@ def add_benchmark_arguments(parser: ArgumentParser) -> None:
         "(rows pin e.g. their optimizer and epochs)",
     )
     parser.add_argument(
+        "--method_overrides",
+        type=dict,
+        default={},
+        help="config values for some rows, as {method key: {config key: value}}, applied after "
+        "each row's own overrides and before --tuned (a variant of a benchmark pins what its "
+        "setting requires, e.g. a forgetting loss for class-wise forgetting)",
+    )
+    parser.add_argument(
         "--only",
         type=list[str] | str | None,
         default=None,

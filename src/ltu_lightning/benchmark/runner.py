@@ -335,6 +335,16 @@ def load_benchmark(cfg: Any) -> Benchmark:
     keys = [m.key for m in methods]
     if len(set(keys)) != len(keys) or set(keys) & set(REFERENCE_STAGES):
         raise LTUError(f"benchmark method keys must be unique and not 'original'/'retrain': {keys}")
+    pinned = _overrides(getattr(cfg, "method_overrides", None), "--method_overrides:")
+    unknown = sorted(set(pinned) - set(keys))
+    if unknown:
+        raise LTUError(
+            f"--method_overrides names methods {unknown} not in the benchmark; known: {keys}"
+        )
+    for method in methods:
+        if method.key in pinned:
+            row = _overrides(pinned[method.key], f"--method_overrides {method.key!r}:")
+            method.overrides = {**method.overrides, **row}
     for path in [cfg.original, cfg.retrain, *(c for m in methods for c in m.configs)]:
         if not Path(path).is_file():
             raise LTUError(

@@ -71,6 +71,13 @@ def test_index_file_indices_are_forgotten_and_never_in_the_holdout(tmp_path):
         ({"retain_fraction": 1.2}, "retain_fraction"),
         ({"holdout": 900}, "holdout"),
         ({"forget_fraction": None}, "no forget set"),
+        ({"pool_size": 5000}, "pool_size=5000 keeps 5000 of the 1000"),
+        ({"pool_size": 0.0}, "pool_size=0.0"),
+        ({"pool_size": 250.5}, "give a whole count"),
+        (
+            {"pool_size": 300, "forget_indices": tuple(range(301)), "forget_fraction": None},
+            "raise pool_size",
+        ),
     ],
 )
 def test_bad_specs_give_one_line_errors(kw, message):
@@ -211,3 +218,43 @@ def test_a_forget_index_file_naming_the_whole_pool_says_so():
         LTUError, match="names 1000 of the 1000 pool samples: nothing would be left"
     ):
         make_split(TARGETS, 10, spec)
+
+
+def _every_role(roles):
+    return np.unique(np.concatenate([roles[r] for r in ("train", "holdout_audit", "holdout_val")]))
+
+
+def test_pool_size_draws_a_seeded_stratified_subset_every_role_comes_from():
+    full, _ = split(seed=5)
+    roles, _ = split(seed=5, pool_size=400)
+    pool = _every_role(roles)
+    assert pool.size == 400  # train and the two holdout halves cover exactly the subset
+    assert np.array_equal(np.bincount(TARGETS[pool]), np.full(10, 40))  # stratified
+    assert len(roles["forget"]) == round(0.1 * roles["train"].size)
+    again, _ = split(seed=5, pool_size=0.4)  # a fraction is the same subset as its count
+    assert all(np.array_equal(roles[r], again[r]) for r in ROLES)
+    other, _ = split(seed=6, pool_size=400)
+    assert not np.array_equal(_every_role(other), pool)
+    assert _every_role(full).size == 1000  # without pool_size, the whole split
+
+
+def test_pool_size_keeps_the_forget_index_file_and_refuses_a_fixed_holdout():
+    idx = tuple(range(0, 1000, 50))
+    roles, _ = split(pool_size=300, holdout=100, forget_indices=idx, forget_fraction=None)
+    assert _every_role(roles).size == 300 and np.array_equal(roles["forget"], np.array(idx))
+    with pytest.raises(LTUError, match="subset the datasets you pass instead"):
+        make_split(TARGETS, 10, SplitSpec(holdout=200, pool_size=300), holdout_indices=range(100))
+
+
+def test_the_data_module_draws_its_roles_from_pool_size_and_its_manifest_records_it(tmp_path):
+    from ltu_lightning.data import UnlearningDataModule
+
+    path = tmp_path / "split_manifest.json"
+    dm = UnlearningDataModule("digits", holdout=100, pool_size=600, manifest_path=str(path))
+    dm.setup()
+    pool = _every_role(dm.manifest.roles)
+    assert pool.size == 600 and json.loads(path.read_text())["spec"]["pool_size"] == 600
+    assert len(dm.role_dataset("train")) == 500
+    other = UnlearningDataModule("digits", holdout=100, pool_size=700, manifest_path=str(path))
+    with pytest.raises(LTUError, match="pool_size: manifest 600 vs this run 700"):
+        other.setup()

@@ -104,6 +104,10 @@ class UnlearningDataModule(L.LightningDataModule):
         num_workers: DataLoader workers.
         augment: override the dataset's default augmentation (on for CIFAR/SVHN/imagefolder).
         image_size: resize images (``imagefolder``); None keeps the native size.
+        pool_size: use a seeded, class-stratified subset of the dataset's training split as the
+            pool every role is drawn from: a count (≥ 8) or a fraction (< 1); None uses the
+            whole split. Studies of how cost grows with the training set use it
+            (``scripts/bench_cost_growth.py``).
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class UnlearningDataModule(L.LightningDataModule):
         num_workers: int = 0,
         augment: bool | None = None,
         image_size: int | None = None,
+        pool_size: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -268,6 +273,7 @@ class UnlearningDataModule(L.LightningDataModule):
             retain_fraction=hp.retain_fraction,
             seed=hp.seed,
             forget_indices=indices,
+            pool_size=hp.pool_size,
         )
 
     def resolve_manifest_path(self) -> Path | None:

@@ -1,6 +1,7 @@
 """The deterministic split of docs/protocol.md and its manifest.
 
-Roles are index arrays into the dataset's training split (the *pool*):
+Roles are index arrays into the dataset's training split. The *pool* is that split, or with
+``pool_size`` a seeded class-stratified subset of it (the rest of the split is in no role):
 
 - ``holdout_audit`` / ``holdout_val``: the holdout D_h, carved out before pretraining and never
   trained on, halved into the auditor half (non-members for MI auditors) and the validation half
@@ -55,6 +56,9 @@ class SplitSpec:
     retain_fraction: float = 0.1
     seed: int = 0
     forget_indices: tuple[int, ...] | None = field(default=None, repr=False)
+    #: a count (≥ 1) or fraction (< 1) of the dataset's training split to use as the pool;
+    #: None: all of it
+    pool_size: float | None = None
 
     def describe(self) -> dict[str, Any]:
         """The spec as stored in a manifest (the index file is stored by content, not path)."""
@@ -132,6 +136,51 @@ def _check_spec(spec: SplitSpec, targets: np.ndarray, num_classes: int) -> None:
         raise LTUError(
             f"holdout={spec.holdout} must be positive (a count ≥ 2 or a fraction in (0, 1))"
         )
+    if spec.pool_size is not None:
+        _pool_count(spec.pool_size, n)
+
+
+def _pool_count(pool_size: float, n: int) -> int:
+    """The number of pool samples ``pool_size`` (a count ≥ 1 or a fraction < 1) keeps of ``n``."""
+    size = int(round(pool_size * n)) if 0 < pool_size < 1 else int(pool_size)
+    if pool_size <= 0 or pool_size % 1 and pool_size > 1 or not 8 <= size <= n:
+        raise LTUError(
+            f"pool_size={pool_size} keeps {size} of the {n} training-split samples; give a "
+            f"whole count between 8 and {n} or a fraction in (0, 1), or null for all of them"
+        )
+    return size
+
+
+def _draw_pool(targets: np.ndarray, spec: SplitSpec, fixed: np.ndarray | None) -> np.ndarray:
+    """The pool: every training-split index, or a seeded class-stratified subset of
+    ``spec.pool_size`` that always holds the requested forget indices ``fixed``."""
+    from sklearn.model_selection import train_test_split
+
+    everything = np.arange(len(targets))
+    if spec.pool_size is None:
+        return everything
+    size = _pool_count(spec.pool_size, len(targets))
+    kept = fixed if fixed is not None else np.empty(0, dtype=np.int64)
+    if kept.size > size:
+        raise LTUError(
+            f"pool_size={spec.pool_size} keeps {size} samples but the forget index file names "
+            f"{kept.size}; raise pool_size or forget fewer samples"
+        )
+    others = np.setdiff1d(everything, kept)
+    draw = size - kept.size
+    if draw == 0:
+        return np.sort(kept)
+    if draw == others.size:
+        return everything
+    counts = np.unique(targets[others], return_counts=True)[1]
+    strat = targets[others] if counts.min() >= 2 else None
+    try:
+        chosen, _ = train_test_split(
+            others, train_size=draw, stratify=strat, random_state=spec.seed
+        )
+    except ValueError:  # too few samples of some class to stratify at this size
+        chosen, _ = train_test_split(others, train_size=draw, random_state=spec.seed)
+    return np.sort(np.union1d(chosen, kept))
 
 
 def _holdout_size(holdout: float, n: int) -> int:
@@ -160,12 +209,16 @@ def make_split(
     targets = np.asarray(targets, dtype=np.int64)
     _check_spec(spec, targets, num_classes)
     rng = np.random.default_rng(spec.seed)
-    pool = np.arange(len(targets))
-
     # The holdout never contains requested forget indices: those must be in D.
     fixed_forget = (
         np.asarray(spec.forget_indices, dtype=np.int64) if spec.forget_indices is not None else None
     )
+    if spec.pool_size is not None and holdout_indices is not None:
+        raise LTUError(
+            "pool_size subsets the pool, but this data module's holdout is fixed (from_split or "
+            "wrap with a holdout dataset); subset the datasets you pass instead, or drop pool_size"
+        )
+    pool = _draw_pool(targets, spec, fixed_forget)
     candidates = np.setdiff1d(pool, fixed_forget) if fixed_forget is not None else pool
     if candidates.size < 4:  # a holdout of ≥ 2 and a remaining set need the rest of the pool
         raise LTUError(
@@ -183,16 +236,10 @@ def make_split(
             )
         train = np.setdiff1d(candidates, holdout)
     else:
+        # A seeded uniform draw, not stratified by class: every manifest and report so far was
+        # drawn this way, and a stratified draw would change every seed's split.
         size = _holdout_size(spec.holdout, len(candidates))
-        strat = (
-            targets[candidates] if np.bincount(targets[candidates]).min(initial=0) >= 2 else None
-        )
-        try:
-            train, holdout = train_test_split(
-                candidates, test_size=size, stratify=strat, random_state=spec.seed
-            )
-        except ValueError:  # too few samples of some class to stratify
-            train, holdout = train_test_split(candidates, test_size=size, random_state=spec.seed)
+        train, holdout = train_test_split(candidates, test_size=size, random_state=spec.seed)
     if fixed_forget is not None:
         train = np.union1d(train, fixed_forget)
     train = np.sort(train)

@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", default=None, help="the data root (default: the config's)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "cost_growth")
     p.add_argument("--dry-run", action="store_true", help="tiny stages (1 epoch, 2 batches)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read the times of points already measured under --out (every stage's metrics "
+        "present, the same pool and forget fraction) instead of running them again",
+    )
     args = p.parse_args(argv)
     bad = [f for f in args.forget if not 0 < f < 1]
     if bad:
@@ -86,14 +92,18 @@ def run_point(args: argparse.Namespace, pool: int, forget: float) -> dict[str, A
     cmd = [sys.executable, "-m", "ltu_lightning", "benchmark", "--config", args.config]
     cmd += ["--only", args.only, "--seeds", f"[{args.seed}]", "--out", str(folder)]
     cmd += ["--overrides", json.dumps(overrides), "--overwrite", "true"]
-    print(f"[cost_growth] pool {pool}, forget {forget:g}: {folder}", flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_cost_growth: the benchmark of pool {pool} failed ({cmd})")
     seed_dir = folder / f"seed_{args.seed}"
+    stages = [*REFERENCES, *args.only.split(",")]
+    if args.reuse and _measured(seed_dir, stages, pool, forget):
+        print(f"[cost_growth] pool {pool}, forget {forget:g}: reusing {folder}", flush=True)
+    else:
+        print(f"[cost_growth] pool {pool}, forget {forget:g}: {folder}", flush=True)
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_cost_growth: the benchmark of pool {pool} failed ({cmd})")
     sizes = json.loads((seed_dir / "split_manifest.json").read_text())["sizes"]
     times = {}
-    for stage in [*REFERENCES, *args.only.split(",")]:
+    for stage in stages:
         metrics = json.loads((seed_dir / stage.replace(":", "_") / "metrics.json").read_text())
         times[stage] = float(metrics["time_s"])
     return {
@@ -105,6 +115,17 @@ def run_point(args: argparse.Namespace, pool: int, forget: float) -> dict[str, A
         "retain_subset": sizes["retain_subset"],
         "time_s": times,
     }
+
+
+def _measured(seed_dir: Path, stages: list[str], pool: int, forget: float) -> bool:
+    """Whether ``seed_dir`` holds every stage's metrics of a split with this pool and forget set."""
+    manifest = seed_dir / "split_manifest.json"
+    if not manifest.exists():
+        return False
+    spec = json.loads(manifest.read_text())["spec"]
+    if spec.get("pool_size") != pool or spec.get("forget_fraction") != forget:
+        return False
+    return all((seed_dir / s.replace(":", "_") / "metrics.json").exists() for s in stages)
 
 
 def table(rows: list[dict[str, Any]], methods: list[str]) -> str:

@@ -33,3 +33,8 @@ def test_cost_growth_dry_run_times_each_stage_at_each_pool_and_forget_size(tmp_p
         assert all(t > 0 for t in r["time_s"].values())
     assert "| 360 | 36 | 324 |" in (out / "cost_growth.md").read_text()
     assert (out / "cost_growth.png").stat().st_size > 0
+    # --reuse reads the measured points instead of running them again
+    again = subprocess.run([*cmd, "--reuse"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("reusing") == 3
+    assert json.loads((out / "cost_growth.json").read_text()) == rows

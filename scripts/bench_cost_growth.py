@@ -141,7 +141,9 @@ def table(rows: list[dict[str, Any]], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(size_rows: list[dict], forget_rows: list[dict], methods: list[str], path: Path) -> None:
+def plot(
+    size_rows: list[dict], forget_rows: list[dict], methods: list[str], seed: int, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,14 +154,13 @@ def plot(size_rows: list[dict], forget_rows: list[dict], methods: list[str], pat
         (axes[0], size_rows, "D", "training set |D| (10 % forgotten)"),
         (axes[1], forget_rows, "D_f", "forget set |D_f| (fixed pool)"),
     ):
-        rows = sorted(rows, key=lambda r: r[x])
         for stage in ["retrain", *methods]:
             ax.plot([r[x] for r in rows], [r["time_s"][stage] for r in rows], "o-", label=stage)
         ax.set_xlabel(label)
         ax.set_ylabel("wall time of the stage (s)")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle("Cost growth on Fashion-MNIST (one CPU core, seed-wise stages)")
+    fig.suptitle(f"Cost growth on Fashion-MNIST (seed {seed})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -170,8 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     methods = args.only.split(",")
     rows = [run_point(args, pool, forget) for pool, forget in points(args)]
-    size_rows = [r for r in rows if r["forget_fraction"] == 0.1 and r["pool"] in args.sizes]
-    forget_rows = [r for r in rows if r["pool"] == args.forget_pool]
+    size_rows = sorted(
+        (r for r in rows if r["forget_fraction"] == 0.1 and r["pool"] in args.sizes),
+        key=lambda r: r["D"],
+    )
+    forget_rows = sorted((r for r in rows if r["pool"] == args.forget_pool), key=lambda r: r["D_f"])
     (args.out / "cost_growth.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = (
         f"Seed {args.seed}, `{args.config}`"
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Forget-set size (pool {args.forget_pool}):\n\n{table(forget_rows, methods)}\n"
     )
     (args.out / "cost_growth.md").write_text(text)
-    plot(size_rows, forget_rows, methods, args.out / "cost_growth.png")
+    plot(size_rows, forget_rows, methods, args.seed, args.out / "cost_growth.png")
     print(text)
 
 

@@ -10,7 +10,7 @@ results.json). Outputs under ``--out``: one benchmark folder per point, ``cost_g
 ``cost_growth.md`` (the table) and ``cost_growth.png`` (the plot).
 
 Needs the full Fashion-MNIST under ``data/FashionMNIST/raw/`` (README, "Benchmarks"); about
-55 minutes of one CPU core with the defaults (the 60,000-image point alone about 25).
+42 minutes of one CPU core with the defaults (the 60,000-image point alone about 16).
 
     python scripts/bench_cost_growth.py
     python scripts/bench_cost_growth.py --sizes 15000 60000 --forget 0.1 0.3

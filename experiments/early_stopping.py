@@ -80,7 +80,10 @@ def main() -> None:
         cells = []
         for p in args.patience:
             stops = [stop_epoch(v, p) for _, v in method_fits]
-            changed = sum(min([s, *v[:t]]) > min([s, *v]) for (s, v), t in zip(method_fits, stops, strict=True))
+            changed = sum(
+                min([s, *v[:t]]) > min([s, *v])
+                for (s, v), t in zip(method_fits, stops, strict=True)
+            )
             share = sum(stops) / sum(len(v) for _, v in method_fits)
             cells.append(f"p{p}: {changed}/{len(method_fits)} {share:.0%}")
         print(f"{method:32s} " + "  ".join(cells))

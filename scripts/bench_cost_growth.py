@@ -24,8 +24,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ltu_lightning.benchmark.runner import MethodSpec
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCES = ("original", "retrain")
@@ -89,23 +92,25 @@ def run_point(args: argparse.Namespace, pool: int, forget: float) -> dict[str, A
         overrides["data.init_args.root"] = str(Path(args.root).resolve())
     if args.dry_run:
         overrides |= TINY
-    cmd = [sys.executable, "-m", "ltu_lightning", "benchmark", "--config", args.config]
-    cmd += ["--only", args.only, "--seeds", f"[{args.seed}]", "--out", str(folder)]
-    cmd += ["--overrides", json.dumps(overrides), "--overwrite", "true"]
     seed_dir = folder / f"seed_{args.seed}"
-    stages = [*REFERENCES, *args.only.split(",")]
-    if args.reuse and _measured(seed_dir, stages, pool, forget):
+    stages = {
+        key: seed_dir / MethodSpec(key, []).folder for key in [*REFERENCES, *args.only.split(",")]
+    }
+    if args.reuse and _measured(seed_dir, stages.values(), pool, forget):
         print(f"[cost_growth] pool {pool}, forget {forget:g}: reusing {folder}", flush=True)
     else:
         print(f"[cost_growth] pool {pool}, forget {forget:g}: {folder}", flush=True)
+        cmd = [sys.executable, "-m", "ltu_lightning", "benchmark", "--config", args.config]
+        cmd += ["--only", args.only, "--seeds", f"[{args.seed}]", "--out", str(folder)]
+        cmd += ["--overrides", json.dumps(overrides), "--overwrite", "true"]
         proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if proc.returncode != 0:
             raise SystemExit(f"bench_cost_growth: the benchmark of pool {pool} failed ({cmd})")
     sizes = json.loads((seed_dir / "split_manifest.json").read_text())["sizes"]
-    times = {}
-    for stage in stages:
-        metrics = json.loads((seed_dir / stage.replace(":", "_") / "metrics.json").read_text())
-        times[stage] = float(metrics["time_s"])
+    times = {
+        key: float(json.loads((root / "metrics.json").read_text())["time_s"])
+        for key, root in stages.items()
+    }
     return {
         "pool": pool,
         "forget_fraction": forget,
@@ -117,15 +122,16 @@ def run_point(args: argparse.Namespace, pool: int, forget: float) -> dict[str, A
     }
 
 
-def _measured(seed_dir: Path, stages: list[str], pool: int, forget: float) -> bool:
-    """Whether ``seed_dir`` holds every stage's metrics of a split with this pool and forget set."""
+def _measured(seed_dir: Path, stages: Iterable[Path], pool: int, forget: float) -> bool:
+    """Whether ``seed_dir`` holds a split with this pool and forget set, and every stage folder
+    in ``stages`` its metrics."""
     manifest = seed_dir / "split_manifest.json"
     if not manifest.exists():
         return False
     spec = json.loads(manifest.read_text())["spec"]
     if spec.get("pool_size") != pool or spec.get("forget_fraction") != forget:
         return False
-    return all((seed_dir / s.replace(":", "_") / "metrics.json").exists() for s in stages)
+    return all((root / "metrics.json").exists() for root in stages)
 
 
 def table(rows: list[dict[str, Any]], methods: list[str]) -> str:

@@ -56,7 +56,7 @@ class SplitSpec:
     retain_fraction: float = 0.1
     seed: int = 0
     forget_indices: tuple[int, ...] | None = field(default=None, repr=False)
-    #: a count (≥ 1) or fraction (< 1) of the dataset's training split to use as the pool;
+    #: a count (≥ 8) or fraction (< 1) of the dataset's training split to use as the pool;
     #: None: all of it
     pool_size: float | None = None
 
@@ -141,7 +141,7 @@ def _check_spec(spec: SplitSpec, targets: np.ndarray, num_classes: int) -> None:
 
 
 def _pool_count(pool_size: float, n: int) -> int:
-    """The number of pool samples ``pool_size`` (a count ≥ 1 or a fraction < 1) keeps of ``n``."""
+    """The number of pool samples ``pool_size`` (a count ≥ 8 or a fraction < 1) keeps of ``n``."""
     size = int(round(pool_size * n)) if 0 < pool_size < 1 else int(pool_size)
     if pool_size <= 0 or pool_size % 1 and pool_size > 1 or not 8 <= size <= n:
         raise LTUError(
@@ -236,8 +236,8 @@ def make_split(
             )
         train = np.setdiff1d(candidates, holdout)
     else:
-        # A seeded uniform draw, not stratified by class: every manifest and report so far was
-        # drawn this way, and a stratified draw would change every seed's split.
+        # A seeded uniform draw, not stratified by class (a stratified one would be another split
+        # for every seed, so no saved manifest or report could be reproduced).
         size = _holdout_size(spec.holdout, len(candidates))
         train, holdout = train_test_split(candidates, test_size=size, random_state=spec.seed)
     if fixed_forget is not None:

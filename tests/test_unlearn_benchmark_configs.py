@@ -346,3 +346,21 @@ def _resolves_to(resolved: object, given: object) -> bool:
             and all(_resolves_to(r, g) for r, g in zip(resolved, given, strict=True))
         )
     return resolved == given
+
+
+def test_full_fashion_mnist_rows_run_the_values_searched_on_fmnist5k():
+    """The second report benchmark tests fmnist5k's chosen settings on data they were not chosen
+    on: the same rows, each with fmnist5k's overrides, on the full Fashion-MNIST."""
+    small = yaml.safe_load((CONFIGS / "benchmark" / "fmnist5k.yaml").read_text())["methods"]
+    full = yaml.safe_load((CONFIGS / "benchmark" / "fashion_mnist.yaml").read_text())["methods"]
+    assert [row["key"] for row in full] == [row["key"] for row in small]
+    for mine, theirs in zip(full, small):
+        configs = [theirs["config"]] if isinstance(theirs["config"], str) else theirs["config"]
+        expected = [c for c in configs if not c.endswith("datasets/fmnist5k.yaml")]
+        assert mine["config"] == [*expected, "configs/unlearn/datasets/fashion_mnist.yaml"]
+        # the dataset overlay sets access: partial, so a row of another access names its own
+        access = mine["key"].split(":")[1]
+        assert mine["overrides"].get("data.init_args.access", "partial") == access
+        assert {k: v for k, v in mine["overrides"].items() if k != "data.init_args.access"} == {
+            k: v for k, v in theirs.get("overrides", {}).items() if k != "data.init_args.access"
+        }

@@ -11,6 +11,9 @@ On a GPU, ``host syncs/step`` counts the calls per step that make the host wait 
 (``torch.cuda.set_sync_debug_mode("warn")`` flags each one): the functional meta step should
 queue its work without waiting, apart from the one deliberate read-back of its step statistics
 (losses, norms: the non-finite check before the update is applied).
+``ATen ops/step`` counts the operators one step dispatches (views left out), on any device: a
+GPU pays about one kernel launch for each, so where launches dominate (small batches, many
+parameter tensors) it tells what a step costs there.
 
 ``--ddp-check`` instead runs the multi-process rule on 2 processes (NCCL on 2 GPUs, gloo on the
 CPU), float64: each rank steps on its half of the global batch, and the result must equal one
@@ -43,6 +46,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ltu_lightning.errors import NonFiniteStepError
 from ltu_lightning.modules.unlearning import UnlearningModule
@@ -143,6 +147,27 @@ def host_syncs_per_step(
     return sum("synchroniz" in str(w.message) for w in caught) / steps
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside it, views left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(step: Callable[[], Any]) -> int:
+    """ATen operators (views left out) that one ``step`` dispatches, after one uncounted step."""
+    step()
+    counter = _CountOps()
+    with counter:
+        step()
+    return counter.ops
+
+
 def make_step(
     kind: str, model: nn.Module, dtype: torch.dtype | None, retain: Batch, forget: Batch
 ) -> Callable[[], None]:
@@ -201,7 +226,8 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
                 nan = float("nan")
                 rows.append(
                     {**row, "ms_median": nan, "ms_mean": nan, "x_finetune": nan, "steps": 0,
-                     "peak_mib": None, "host_syncs_per_step": None, "error": str(err)}
+                     "peak_mib": None, "host_syncs_per_step": None, "ops_per_step": None,
+                     "error": str(err)}
                 )  # fmt: skip
                 continue
             # a fresh model: the timed steps may have driven the forgetting term far already
@@ -219,6 +245,7 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
                     "steps": len(times),
                     "peak_mib": peak,
                     "host_syncs_per_step": host_syncs_per_step(fresh, device),
+                    "ops_per_step": ops_per_step(fresh),
                 }
             )
             del model, step
@@ -230,15 +257,16 @@ def bench(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| model | batch | device | dtype | step | ms/step (median) | × fine-tune | peak MiB "
-        "| host syncs/step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| host syncs/step | ATen ops/step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
         syncs = "n/a" if r["host_syncs_per_step"] is None else f"{r['host_syncs_per_step']:g}"
+        ops = "n/a" if r.get("ops_per_step") is None else str(r["ops_per_step"])
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['device']} | {r['dtype']} | {r['step']} | "
-            f"{r['ms_median']:.1f} | {r['x_finetune']:.2f} | {peak} | {syncs} |"
+            f"{r['ms_median']:.1f} | {r['x_finetune']:.2f} | {peak} | {syncs} | {ops} |"
         )
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ltu_lightning.errors import LTUError
 from ltu_lightning.optim import MetaHarmonizer, gradient_stats
@@ -376,3 +377,33 @@ def test_drives_a_lightning_optimizer_under_manual_optimization() -> None:
     assert trainer.global_step == 2  # LightningOptimizer.step counted each step
     assert not torch.allclose(_flat_params(module.net), before)
     assert set(trainer.callback_metrics) >= {"cos", "norm_update", "loss_f_query"}
+
+
+class _CountDots(TorchDispatchMode):
+    """Counts the inner products dispatched to ATen (the harmonizer's gradient arithmetic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dots = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.dots += func is torch.ops.aten.dot.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("meta", [True, False])
+def test_global_harmonization_runs_on_one_flat_vector(meta: bool) -> None:
+    """The projection, statistics and trust region cost the same number of operations for a
+    network of 2 or of 12 layers: the gradients are one flat vector, not a list per tensor."""
+
+    def dots(depth: int) -> int:
+        torch.manual_seed(0)
+        layers = [nn.Linear(3, 3) for _ in range(depth - 1)] + [nn.Linear(3, 3)]
+        model = nn.Sequential(*layers).double()
+        harmonizer = MetaHarmonizer(model, torch.optim.SGD(model.parameters(), lr=0.1), meta=meta)
+        counter = _CountDots()
+        with counter:
+            harmonizer.step(remember_loss, forget_loss, *_batches(0))
+        return counter.dots
+
+    assert dots(2) == dots(12) > 0

@@ -55,8 +55,9 @@ AUDIT_HELP = (
     "its report again with the audits' columns."
 )
 TUNE_HELP = (
-    "Choose each method's hyperparameters on the validation holdout (never the test split): "
-    "fit every point of a grid on every seed and keep the lowest mean val/criterion."
+    "Choose each method's hyperparameters on the validation holdout of the tuning seeds (never "
+    "the test split): an Optuna search of the same number of trials per method (--search) or "
+    "every point of a grid (--grid); the lowest mean val/criterion wins."
 )
 
 

@@ -354,7 +354,7 @@ def test_full_fashion_mnist_rows_run_the_values_searched_on_fmnist5k():
     small = yaml.safe_load((CONFIGS / "benchmark" / "fmnist5k.yaml").read_text())["methods"]
     full = yaml.safe_load((CONFIGS / "benchmark" / "fashion_mnist.yaml").read_text())["methods"]
     assert [row["key"] for row in full] == [row["key"] for row in small]
-    for mine, theirs in zip(full, small):
+    for mine, theirs in zip(full, small, strict=True):
         configs = [theirs["config"]] if isinstance(theirs["config"], str) else theirs["config"]
         expected = [c for c in configs if not c.endswith("datasets/fmnist5k.yaml")]
         assert mine["config"] == [*expected, "configs/unlearn/datasets/fashion_mnist.yaml"]

@@ -200,6 +200,43 @@ def test_start_criterion_is_the_original_models_and_is_logged_every_epoch(origin
     assert results[0]["val/criterion"] == pytest.approx(start, abs=1e-5)
 
 
+def test_start_criterion_reads_the_batches_each_validation_reads(original):
+    # trainer.limit_val_batches caps validation at the first batch of D_f and of the validation
+    # half; the starting model's criterion must be scored on those very images, or an epoch
+    # that changed nothing (lr 0) would score differently from the start it is compared with.
+    root, ckpt, _ = original
+    model = FineTune(
+        _backbone(),
+        original_ckpt=str(ckpt),
+        num_classes=10,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+    )
+    dm = UnlearningDataModule(
+        dataset="digits",
+        holdout=0.2,
+        manifest_path=str(root / "split_manifest.json"),
+        train_on="unlearn",
+        batch_size=32,
+        eval_batch_size=32,
+    )
+    out = root / "limited_validation"
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(out),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.warns(UserWarning, match="no epoch beat the starting model"):
+        trainer.fit(model, dm)
+    assert len(dm.role_dataloader("forget")) > 1  # the limit leaves batches out
+    (score,) = _column(_metrics(out), "val/criterion")
+    assert score == pytest.approx(model.start_criterion.item(), abs=1e-6)
+
+
 def test_a_fit_that_never_beats_the_starting_model_warns(original):
     # lr 0: the weights never move, so no epoch can beat the model it started from
     with pytest.warns(UserWarning, match="no epoch beat the starting model"):

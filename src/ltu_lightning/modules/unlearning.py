@@ -5,7 +5,8 @@
 - data access goes through the data module's roles (``train_on="unlearn"`` batches are dicts
   ``{"forget": (x, y), "retain": (x, y)}``);
 - after each epoch the honest selection criterion (docs/protocol.md) is computed on the forget set
-  and the *validation half* of the holdout (never the test split, never a retrained model) and
+  and the *validation half* of the holdout (never the test split, never a retrained model; the
+  first ``trainer.limit_val_batches`` batches of each where that is set) and
   logged as ``val/criterion``; the stage's ``ModelCheckpoint`` keeps the best epoch
   (``stop_rule="criterion"``), or only the last one (``"budget"``);
 - the starting model's criterion is computed once before the first step and logged with every
@@ -271,13 +272,14 @@ class UnlearningModule(BaseModule):
 
     def on_fit_start(self) -> None:
         if torch.isnan(self.original_val_acc):  # not restored from a resumed checkpoint
-            logits, y = self.role_logits("holdout_val")
+            # the same batches every validation reads (trainer.limit_val_batches)
+            logits, y = self.role_logits("holdout_val", self.validation_batches("holdout_val"))
             keep = ~self._forgotten_class_mask(y)
             self.original_val_acc.fill_(
                 100.0 * (logits.argmax(-1) == y)[keep].float().mean().item()
             )
             with torch.random.fork_rng(devices=[]):  # a loader's iterator draws a base seed
-                forget = self.role_logits("forget")
+                forget = self.role_logits("forget", self.validation_batches("forget"))
             outputs = {"forget": forget, "holdout_val": (logits, y)}
             metrics = self.validation_metrics(outputs)
             self.start_criterion.fill_(metrics["val/criterion"])
@@ -374,14 +376,35 @@ class UnlearningModule(BaseModule):
         x = x.to(self.device)
         return self._trainer.precision_plugin.convert_input(x) if self._trainer is not None else x
 
+    def validation_batches(self, role: str) -> int | None:
+        """How many batches of a validation role each validation reads under the trainer's
+        ``limit_val_batches`` (Lightning's rule: a count, or a fraction of the loader); None for
+        all of them, and where validation is off (a limit of 0), so that the starting model's
+        criterion is computed on the very images every later validation scores."""
+        trainer = self._trainer
+        limit = getattr(trainer, "limit_val_batches", None)
+        if limit is None:
+            return None
+        total = len(self.datamodule.role_dataloader(role))
+        if isinstance(limit, int):
+            n = min(limit, total)
+        else:
+            n = total if limit >= 1.0 else int(total * limit)
+        return n if 0 < n < total else None
+
     @torch.no_grad()
-    def role_logits(self, role: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and targets of the current backbone (eval mode) on one data role."""
+    def role_logits(
+        self, role: str, max_batches: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and targets of the current backbone (eval mode) on one data role (its first
+        ``max_batches`` evaluation batches; None: all of it)."""
         was_training = self.backbone.training
         self.backbone.eval()
         logits, targets = [], []
         try:
-            for x, y in self.datamodule.role_dataloader(role):
+            for i, (x, y) in enumerate(self.datamodule.role_dataloader(role)):
+                if max_batches is not None and i >= max_batches:
+                    break
                 logits.append(self.backbone(self.model_input(x)).float())
                 targets.append(y.to(self.device))
         finally:

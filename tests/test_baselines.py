@@ -237,6 +237,35 @@ def test_start_criterion_reads_the_batches_each_validation_reads(original):
     assert score == pytest.approx(model.start_criterion.item(), abs=1e-6)
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_validation_batches_cover_what_the_processes_validate_together(original, world):
+    # Under data parallelism each process validates the first `limit` batches of its shard;
+    # the start's criterion must read their union: the first limit * world batches of the role.
+    root, _, _ = original
+    dm = UnlearningDataModule(
+        dataset="digits",
+        holdout=0.2,
+        manifest_path=str(root / "split_manifest.json"),
+        train_on="unlearn",
+        eval_batch_size=8,
+    )
+    dm.setup("fit")
+    model = FineTune(_backbone(), num_classes=10)
+    model._trainer = SimpleNamespace(limit_val_batches=2, world_size=world, datamodule=dm)
+    n = model.validation_batches("forget")
+    dataset = dm.role_dataset("forget")
+    validated = set()
+    for rank in range(world):
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=False
+        )
+        validated |= set(list(sampler)[: 2 * 8])
+    assert n == 2 * world
+    assert validated == set(range(n * 8))
+    model._trainer = SimpleNamespace(limit_val_batches=1.0, world_size=world, datamodule=dm)
+    assert model.validation_batches("forget") is None  # every batch
+
+
 def test_a_fit_that_never_beats_the_starting_model_warns(original):
     # lr 0: the weights never move, so no epoch can beat the model it started from
     with pytest.warns(UserWarning, match="no epoch beat the starting model"):

@@ -380,16 +380,21 @@ class UnlearningModule(BaseModule):
         """How many batches of a validation role each validation reads under the trainer's
         ``limit_val_batches`` (Lightning's rule: a count, or a fraction of the loader); None for
         all of them, and where validation is off (a limit of 0), so that the starting model's
-        criterion is computed on the very images every later validation scores."""
+        criterion is computed on the very images every later validation scores. Under data
+        parallelism each of W processes validates the first batches of its shard (sample i goes
+        to process i mod W), which together are the first W times as many of the whole role."""
         trainer = self._trainer
         limit = getattr(trainer, "limit_val_batches", None)
         if limit is None:
             return None
         total = len(self.datamodule.role_dataloader(role))
+        world = max(1, int(getattr(trainer, "world_size", 1)))
+        shard = math.ceil(total / world)
         if isinstance(limit, int):
-            n = min(limit, total)
+            n = min(limit, shard)
         else:
-            n = total if limit >= 1.0 else int(total * limit)
+            n = shard if limit >= 1.0 else int(shard * limit)
+        n *= world
         return n if 0 < n < total else None
 
     @torch.no_grad()

@@ -73,7 +73,7 @@ def _backbone() -> MLP:
 
 
 def _datamodule(
-    root: Path, train_on: str = "unlearn", access: str = "partial"
+    root: Path, train_on: str = "unlearn", access: str = "partial", eval_batch_size: int = 512
 ) -> UnlearningDataModule:
     return UnlearningDataModule(
         dataset="digits",
@@ -82,6 +82,7 @@ def _datamodule(
         train_on=train_on,
         access=access,
         batch_size=32,
+        eval_batch_size=eval_batch_size,
     )
 
 
@@ -211,14 +212,7 @@ def test_start_criterion_reads_the_batches_each_validation_reads(original):
         num_classes=10,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
     )
-    dm = UnlearningDataModule(
-        dataset="digits",
-        holdout=0.2,
-        manifest_path=str(root / "split_manifest.json"),
-        train_on="unlearn",
-        batch_size=32,
-        eval_batch_size=32,
-    )
+    dm = _datamodule(root, eval_batch_size=32)
     out = root / "limited_validation"
     trainer = L.Trainer(
         default_root_dir=out,
@@ -242,13 +236,7 @@ def test_validation_batches_cover_what_the_processes_validate_together(original,
     # Under data parallelism each process validates the first `limit` batches of its shard;
     # the start's criterion must read their union: the first limit * world batches of the role.
     root, _, _ = original
-    dm = UnlearningDataModule(
-        dataset="digits",
-        holdout=0.2,
-        manifest_path=str(root / "split_manifest.json"),
-        train_on="unlearn",
-        eval_batch_size=8,
-    )
+    dm = _datamodule(root, eval_batch_size=8)
     dm.setup("fit")
     model = FineTune(_backbone(), num_classes=10)
     model._trainer = SimpleNamespace(limit_val_batches=2, world_size=world, datamodule=dm)

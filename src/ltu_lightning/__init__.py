@@ -13,7 +13,8 @@ The public API, for use in a user's own Lightning project:
   ``harmonize``, ``AuditorEnsemble`` and ``make_forget_loss``;
 - ``evaluate_unlearning`` (the protocol's metrics), ``load_unlearned_weights`` (a network's
   weights from a checkpoint), ``RunFolderGuard`` (refuses to overwrite earlier runs),
-  ``LTUError``, ``__version__``.
+  ``ZeroSubnormals`` (keeps decayed weights from slowing CPU steps), ``LTUError``,
+  ``__version__``.
 
 Each name is imported on first use (PEP 562): ``import ltu_lightning``, which also runs first
 for every ``ltu_lightning.<submodule>`` import, stays cheap and does not load torch or Lightning.
@@ -49,6 +50,7 @@ __all__ = [
     "UnlearningData",
     "UnlearningDataModule",
     "UnlearningModule",
+    "ZeroSubnormals",
     "__version__",
     "evaluate_unlearning",
     "harmonize",
@@ -80,6 +82,7 @@ _SOURCES = {
     "LTUError": "ltu_lightning.errors",
     "RunFolderGuard": "ltu_lightning.modules.base",
     "load_unlearned_weights": "ltu_lightning.modules.checkpoints",
+    "ZeroSubnormals": "ltu_lightning.optim.subnormals",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports lazily
@@ -107,6 +110,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from ltu_lightning.modules.unlearning import UnlearningModule
     from ltu_lightning.optim.harmonize import harmonize
     from ltu_lightning.optim.meta_harmonizer import MetaHarmonizer
+    from ltu_lightning.optim.subnormals import ZeroSubnormals
 
 
 def __getattr__(name: str) -> Any:

@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ltu_lightning.errors import LTUError
 from ltu_lightning.modules import ClassifierModule
+from ltu_lightning.modules.base import ZeroSubnormals
 from ltu_lightning.networks import MLP
-from ltu_lightning.optim.subnormals import ZeroSubnormals, zero_subnormals_
+from ltu_lightning.optim.subnormals import zero_subnormals_
 
 TINY = torch.finfo(torch.float32).tiny
 
@@ -98,5 +100,5 @@ def test_testing_a_stored_model_zeroes_its_subnormal_weights(tmp_path) -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5])
 def test_a_bad_interval_is_refused_in_one_line(bad) -> None:
-    with pytest.raises(ValueError, match="every_n_train_steps=.*positive integer"):
+    with pytest.raises(LTUError, match=r"every_n_train_steps must be an integer >= 1; got"):
         ZeroSubnormals(every_n_train_steps=bad)

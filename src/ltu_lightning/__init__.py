@@ -82,7 +82,7 @@ _SOURCES = {
     "LTUError": "ltu_lightning.errors",
     "RunFolderGuard": "ltu_lightning.modules.base",
     "load_unlearned_weights": "ltu_lightning.modules.checkpoints",
-    "ZeroSubnormals": "ltu_lightning.optim.subnormals",
+    "ZeroSubnormals": "ltu_lightning.modules.base",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports lazily
@@ -92,7 +92,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from ltu_lightning.data.protocol import UnlearningData
     from ltu_lightning.errors import LTUError
     from ltu_lightning.evaluation.protocol import evaluate_unlearning
-    from ltu_lightning.modules.base import RunFolderGuard
+    from ltu_lightning.modules.base import RunFolderGuard, ZeroSubnormals
     from ltu_lightning.modules.baselines import (
         LUR,
         SCRUB,
@@ -110,7 +110,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from ltu_lightning.modules.unlearning import UnlearningModule
     from ltu_lightning.optim.harmonize import harmonize
     from ltu_lightning.optim.meta_harmonizer import MetaHarmonizer
-    from ltu_lightning.optim.subnormals import ZeroSubnormals
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,8 @@ from ltu_lightning.modules.checkpoints import (
     use_atomic_checkpoints,
 )
 from ltu_lightning.networks import Backbone
-from ltu_lightning.optim.subnormals import ZeroSubnormals
+from ltu_lightning.optim.subnormals import float_tensors, zero_subnormals_
+from ltu_lightning.utils.checks import check_range
 
 
 def monitored_best_score(trainer: L.Trainer, monitor: str | None = None) -> float | None:
@@ -92,6 +93,53 @@ class RunFolderGuard(L.Callback):
                 f"--ckpt_path {folder / 'last.ckpt'}, write elsewhere with --trainer.default_root_dir, "
                 "or replace it with --trainer.callbacks+=RunFolderGuard --trainer.callbacks.overwrite true"
             )
+
+
+class ZeroSubnormals(L.Callback):
+    """Sets subnormal weights and optimizer-state entries to zero on CPU
+    (``ltu_lightning.optim.subnormals``: weights decayed below float32's smallest normal make a
+    CPU step many times slower): when training, validation outside a fit, testing or prediction
+    starts (after a checkpoint is restored) and after every ``every_n_train_steps`` optimizer
+    steps. One pass costs about a fifth of a SmallCNN step of 64 images on one CPU thread; a
+    weight spends far more than ten steps decaying through the subnormal range, so the default
+    leaves few of them at any time. Every module of this package adds one unless the trainer
+    already has one; add one to your own ``Trainer(callbacks=[...])`` for your own modules.
+    GPUs handle subnormals at full speed, so tensors on other devices are left alone."""
+
+    def __init__(self, every_n_train_steps: int = 10) -> None:
+        check_range("every_n_train_steps", every_n_train_steps, 1, integer=True)
+        self.every_n_train_steps = every_n_train_steps
+        #: subnormal entries set to zero so far in this process
+        self.zeroed = 0
+
+    def _zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        optimizers = trainer.optimizers if trainer.state.fn == "fit" else []
+        self.zeroed += zero_subnormals_(float_tensors(pl_module, optimizers))
+
+    # after the checkpoint's weights (and, when fitting, the optimizer state) are restored
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._zero(trainer, pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit":  # during a fit the steps keep the weights clean
+            self._zero(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._zero(trainer, pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._zero(trainer, pl_module)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: object,
+        batch: object,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step % self.every_n_train_steps == 0:
+            self._zero(trainer, pl_module)
 
 
 class BaseModule(L.LightningModule):

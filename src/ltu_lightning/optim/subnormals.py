@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import lightning as L
 import torch
 
-__all__ = ["ZeroSubnormals", "zero_subnormals_"]
+__all__ = ["float_tensors", "zero_subnormals_"]
 
 
-def _float_tensors(
+def float_tensors(
     module: torch.nn.Module, optimizers: Iterable[torch.optim.Optimizer]
 ) -> Iterator[torch.Tensor]:
+    """The floating-point parameters of ``module`` and the tensors of the optimizers' state."""
     for p in module.parameters():
         if p.is_floating_point():
             yield p.data
@@ -48,51 +48,3 @@ def zero_subnormals_(tensors: Iterable[torch.Tensor], devices: tuple[str, ...] =
             t.masked_fill_(mask, 0.0)
             count += n
     return count
-
-
-class ZeroSubnormals(L.Callback):
-    """Sets subnormal weights and optimizer-state entries to zero on CPU: when training,
-    validation outside a fit, testing or prediction starts (after a checkpoint is restored) and
-    after every ``every_n_train_steps`` optimizer steps (one pass costs about a fifth of a
-    SmallCNN step of 64 images on one CPU thread; a weight spends far more than ten steps
-    decaying through the subnormal range, so the default leaves few of them at any time). Every module of this package adds one unless the trainer already has one; add one to
-    your own ``Trainer(callbacks=[...])`` for your own modules. GPUs handle subnormals at full
-    speed, so tensors on other devices are left alone."""
-
-    def __init__(self, every_n_train_steps: int = 10) -> None:
-        if not isinstance(every_n_train_steps, int) or every_n_train_steps < 1:
-            raise ValueError(
-                f"ZeroSubnormals(every_n_train_steps={every_n_train_steps!r}): pass a positive integer"
-            )
-        self.every_n_train_steps = every_n_train_steps
-        #: subnormal entries set to zero so far in this process
-        self.zeroed = 0
-
-    def _zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        optimizers = trainer.optimizers if trainer.state.fn == "fit" else []
-        self.zeroed += zero_subnormals_(_float_tensors(pl_module, optimizers))
-
-    # after the checkpoint's weights (and, when fitting, the optimizer state) are restored
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._zero(trainer, pl_module)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn != "fit":  # during a fit the steps keep the weights clean
-            self._zero(trainer, pl_module)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._zero(trainer, pl_module)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._zero(trainer, pl_module)
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: object,
-        batch: object,
-        batch_idx: int,
-    ) -> None:
-        if trainer.global_step % self.every_n_train_steps == 0:
-            self._zero(trainer, pl_module)

@@ -102,3 +102,30 @@ def test_testing_a_stored_model_zeroes_its_subnormal_weights(tmp_path) -> None:
 def test_a_bad_interval_is_refused_in_one_line(bad) -> None:
     with pytest.raises(LTUError, match=r"every_n_train_steps must be an integer >= 1; got"):
         ZeroSubnormals(every_n_train_steps=bad)
+
+
+def test_the_subnormal_benchmark_script_prints_its_table(tmp_path, capsys, monkeypatch) -> None:
+    """scripts/bench_subnormals.py (the numbers of docs/benchmarks.md, "Speed") runs."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from ltu_lightning.networks import SmallCNN
+
+    net = SmallCNN(num_classes=10, in_channels=1, image_size=28)
+    with torch.no_grad():
+        net.classifier[-1].weight[:3] = 1e-39
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_subnormals.py"
+    monkeypatch.setattr(
+        sys, "argv", [str(script), "--ckpt", str(ckpt), "--batch", "2", "--calls", "1"]
+    )
+    runpy.run_path(str(script), run_name="__main__")
+    rows = [
+        line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")
+    ]
+    assert [(r[0], r[1]) for r in rows[1:]] == [
+        ("| as stored", str(3 * net.classifier[-1].in_features)),
+        ("| subnormals zeroed", "0"),
+    ]

@@ -3,8 +3,9 @@
 Weight decay drives the weights of units that no longer receive gradient geometrically towards
 zero; after enough steps they (and Adam's moment estimates of them) fall below the smallest
 normal float (1.2e-38 in float32). x86 CPUs compute with such subnormal numbers in microcode,
-tens of times slower than with normal ones: a SmallCNN whose weights were 20 % subnormal after
-80 epochs of Adam took 0.44 s per training step of 64 images instead of 0.035 s. A subnormal
+many times slower than with normal ones: a SmallCNN whose weights were 20 % subnormal after 80
+epochs of Adam took 0.29 s per training step of 64 images on one thread instead of 0.031 s
+(scripts/bench_subnormals.py). A subnormal
 weight contributes nothing a float32 sum can hold next to a normal one, so setting it to zero
 changes no output beyond float rounding; it restores the step's speed whatever the number of
 threads (``torch.set_flush_denormal`` acts on the calling thread only).

@@ -19,12 +19,7 @@ import torch.nn.functional as F
 
 from ltu_lightning import load_unlearned_weights
 from ltu_lightning.networks import SmallCNN
-from ltu_lightning.optim.subnormals import zero_subnormals_
-
-
-def subnormal(model: torch.nn.Module) -> int:
-    tiny = torch.finfo(torch.float32).tiny
-    return sum(int(((p.abs() < tiny) & (p != 0)).sum()) for p in model.parameters())
+from ltu_lightning.optim.subnormals import count_subnormals, zero_subnormals_
 
 
 def median_step_ms(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, calls: int) -> float:
@@ -58,10 +53,12 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, batch {args.batch}, {total} weights")
     print("| weights | subnormal | ms per training step |")
     print("|---|---|---|")
-    print(f"| as stored | {subnormal(model)} | {median_step_ms(model, x, y, args.calls):.1f} |")
+    print(
+        f"| as stored | {count_subnormals(model.parameters())} | {median_step_ms(model, x, y, args.calls):.1f} |"
+    )
     zero_subnormals_(model.parameters())
     print(
-        f"| subnormals zeroed | {subnormal(model)} | {median_step_ms(model, x, y, args.calls):.1f} |"
+        f"| subnormals zeroed | {count_subnormals(model.parameters())} | {median_step_ms(model, x, y, args.calls):.1f} |"
     )
 
 

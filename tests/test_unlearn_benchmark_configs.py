@@ -309,7 +309,7 @@ def test_tuning_grids_name_benchmark_methods_and_valid_flags(grid, run_ltu, caps
     that method's stage config (checked by LightningCLI's own parser via --print_config)."""
     methods = {
         m["key"]: m
-        for bench in sorted((CONFIGS / "benchmark").glob("*.yaml"))
+        for bench in [*BENCHMARKS, *sorted((REPO / "experiments" / "benchmarks").glob("*.yaml"))]
         for m in yaml.safe_load(bench.read_text())["methods"]
     }
     for key, flags in yaml.safe_load(grid.read_text()).items():

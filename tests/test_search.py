@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ltu_lightning.benchmark.cli import _load_and_select, build_parser
+from ltu_lightning.benchmark.cli import _load_and_select, build_parser, load_tune_benchmark
 from ltu_lightning.benchmark.search import read_space
 from ltu_lightning.errors import LTUError
 
@@ -76,6 +76,33 @@ def test_two_methods_two_trials_resumed_and_read_by_the_benchmark(in_tmp, run_lt
     for key in METHODS:
         assert loaded[key][LR] == chosen[key][LR]
         assert loaded[key]["trainer.max_epochs"] == 1
+
+
+def test_tune_layers_a_variant_on_its_benchmark(tmp_path: Path) -> None:
+    """``ltu tune --benchmark base.yaml variant.yaml`` searches the variant: its name (the
+    studies' prefix), its overrides for every stage and its pinned rows, on the base's rows."""
+    base = _benchmark(tmp_path)
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny_classwise",
+                "overrides": {"data.init_args.forget_classes": [0], "trainer.max_epochs": 2},
+                "method_overrides": {"ga:partial": {"model.init_args.stop_rule": "last"}},
+            }
+        )
+    )
+    one = load_tune_benchmark(str(base))
+    assert one.name == "tiny" and one.overrides == {"trainer.max_epochs": 1}
+    bench = load_tune_benchmark([str(base), str(variant)])
+    assert bench.name == "tiny_classwise" and bench.tuning_seeds == [0]
+    assert bench.overrides == {"data.init_args.forget_classes": [0], "trainer.max_epochs": 2}
+    rows = {m.key: m.overrides for m in bench.methods}
+    assert list(rows) == list(METHODS)
+    assert rows["ga:partial"]["model.init_args.stop_rule"] == "last"
+    assert "model.init_args.stop_rule" not in rows["ft:partial"]
+    with pytest.raises(LTUError, match="--benchmark .*missing.yaml' does not exist"):
+        load_tune_benchmark([str(base), str(tmp_path / "missing.yaml")])
 
 
 def test_a_search_space_is_checked(tmp_path: Path) -> None:

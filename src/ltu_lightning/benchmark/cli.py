@@ -8,6 +8,8 @@ they run.
         --search experiments/search/digits --trials 12 --out runs/search/digits
     ltu tune --benchmark configs/benchmark/fmnist5k.yaml \
         --grid experiments/tuning/fmnist5k.yaml --out runs/tune/fmnist5k
+    ltu tune --benchmark configs/benchmark/fmnist5k.yaml configs/benchmark/fmnist5k/classwise.yaml \
+        --search experiments/search/fmnist5k --out runs/search/fmnist5k_classwise
 """
 
 from __future__ import annotations
@@ -197,7 +199,14 @@ def add_benchmark_arguments(parser: ArgumentParser) -> None:
 def build_tune_parser() -> ArgumentParser:
     """The ``ltu tune`` parser (a subcommand of ``ltu``)."""
     parser = ArgumentParser(prog="ltu tune", description=TUNE_HELP)
-    parser.add_argument("--benchmark", type=str, required=True, help="benchmark YAML")
+    parser.add_argument(
+        "--benchmark",
+        type=str,
+        nargs="+",
+        required=True,
+        help="benchmark YAML, or a benchmark YAML and variants layered on it in order (as "
+        "ltu benchmark --config A --config B composes them)",
+    )
     parser.add_argument(
         "--search",
         type=str | None,
@@ -365,20 +374,30 @@ def benchmark_config(cfg: Namespace) -> dict[str, Any]:
     return config
 
 
+def load_tune_benchmark(layers: str | list[str]) -> Benchmark:
+    """The benchmark ``ltu tune --benchmark`` names: one YAML, or a YAML and the variants layered
+    on it in order (a later file's top-level keys replace the earlier's, as with ``ltu benchmark
+    --config A --config B``)."""
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    for layer in layers:
+        if not Path(layer).is_file():
+            raise LTUError(f"--benchmark {layer!r} does not exist; pass a benchmark YAML")
+    return load_benchmark(build_parser().parse_args([a for x in layers for a in ("--config", x)]))
+
+
 def tune_main(cfg: Namespace) -> None:
     """Run ``ltu tune`` from its parsed arguments: writes tuning.json and tuning.md to --out."""
-    bench = load_benchmark(build_parser().parse_args(["--config", cfg.benchmark]))
+    bench = load_tune_benchmark(cfg.benchmark)
+    named = " ".join([cfg.benchmark] if isinstance(cfg.benchmark, str) else cfg.benchmark)
     if (cfg.grid is None) == (cfg.search is None):
         raise LTUError("pass either --search <folder of search spaces> or --grid <grid YAML>")
     seeds = cfg.seeds or bench.tuning_seeds
     if not seeds:
-        raise LTUError(
-            f"{cfg.benchmark} names no tuning_seeds; add them to it or pass --seeds 0 1 2"
-        )
+        raise LTUError(f"{named} names no tuning_seeds; add them to it or pass --seeds 0 1 2")
     reported = sorted(set(seeds) & set(bench.report_seeds))
     if reported:
         raise LTUError(
-            f"--seeds {reported} are report seeds of {cfg.benchmark}; tune on its tuning seeds "
+            f"--seeds {reported} are report seeds of {named}; tune on its tuning seeds "
             f"{bench.tuning_seeds} or other seeds outside {bench.report_seeds}"
         )
     out = Path(cfg.out)

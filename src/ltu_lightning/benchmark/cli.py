@@ -80,7 +80,17 @@ def build_parser() -> ArgumentParser:
         nargs="?",
         const=True,
         default=False,
-        help="replace results.* of an earlier run in --out (stage checkpoints are reused)",
+        help="replace results.* of an earlier run in --out and fit its method stages again "
+        "(the original and retrained models are reused)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="reuse the method stages an earlier (e.g. interrupted) run in --out finished with "
+        "the same configs and overrides; fit the others",
     )
     parser.add_argument(
         "--wandb",
@@ -251,10 +261,12 @@ def _load_and_select(cfg: Namespace) -> Benchmark:
     out = Path(cfg.out)
     if (out / "results.json").exists() and not cfg.overwrite:
         raise LTUError(
-            f"{out}/results.json already exists; pass --overwrite to replace it or choose another --out"
+            f"{out}/results.json already exists; pass --overwrite to replace it (with --resume "
+            "to reuse its finished stages) or choose another --out"
         )
     cfg.audits = audit_names(cfg.audits)
     bench = _select(cfg, load_benchmark(cfg))
+    bench.finished = "reuse" if cfg.resume else "refit" if cfg.overwrite else "refuse"
     if cfg.wandb:
         bench.wandb_group = benchmark_group(bench.name)
     return bench

@@ -2,11 +2,15 @@
 
 Every stage is a :class:`~ltu_lightning.runner.Stage`: the stage configs ``ltu fit`` would take,
 with the seed, the split manifest and the output folder set per seed. The original and retrained
-models (and each stage's metrics) are reused when their checkpoint and metrics already exist.
+models (and each stage's metrics) are reused when their checkpoint and metrics already exist. A
+method stage that finished in an earlier run is reused only when asked (``resume``) and only when
+its recipe (:meth:`Benchmark.recipe`) is the one it was fitted with; it is never replaced unless
+asked (``refit``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -84,10 +88,13 @@ def images_read(datamodule: Any) -> int | None:
     return int(np.unique(np.concatenate([datamodule.role_indices(r) for r in roles])).size)
 
 
-def run_stage(stage: Stage, reference: dict[str, float] | None = None) -> StageResult:
+def run_stage(
+    stage: Stage, reference: dict[str, float] | None = None, recipe: str | None = None
+) -> StageResult:
     """Fit one stage, then evaluate its selected checkpoint with the protocol's metrics (and,
     in a W&B run's summary, its Avg.Gap to ``reference``: the retrained model's metrics); the
-    images the fit read are counted before the evaluation reads more."""
+    images the fit read are counted before the evaluation reads more. ``recipe`` (what the
+    stage was built from, :meth:`Benchmark.recipe`) is stored with its metrics."""
     fit = stage.fit()
     read = images_read(fit.cli.datamodule)
     metrics = stage.evaluate(fit.checkpoint, fit.cli)
@@ -101,13 +108,17 @@ def run_stage(stage: Stage, reference: dict[str, float] | None = None) -> StageR
         metrics["no_gain"] = float(verdict)
     gap = {"avg_gap": avg_gap(metrics, reference)} if reference is not None else {}
     finish_wandb_stage(fit.cli.trainer.loggers, {**metrics, **gap})
-    _write_metrics(stage.root, metrics, fit)
+    _write_metrics(stage.root, metrics, fit, recipe)
     return StageResult(metrics, fit.time_s, fit.best_score)
 
 
-def _write_metrics(root: Path, metrics: dict[str, float], fit: FitResult) -> None:
+def _write_metrics(
+    root: Path, metrics: dict[str, float], fit: FitResult, recipe: str | None = None
+) -> None:
     record = {"metrics": metrics, "time_s": fit.time_s, "best_score": fit.best_score}
     record |= {"checkpoint": str(fit.checkpoint), "failure": fit.failure}
+    if recipe is not None:
+        record["recipe"] = recipe
     write_json_atomic(root / "metrics.json", record)
 
 
@@ -122,7 +133,7 @@ def reevaluate_stage(stage: Stage) -> StageResult | None:
     metrics["time_s"] = time_s
     if "images_read" in earlier["metrics"]:  # what its fit read, not its evaluation
         metrics["images_read"] = earlier["metrics"]["images_read"]
-    _write_metrics(stage.root, metrics, FitResult(None, time_s, None, last))
+    _write_metrics(stage.root, metrics, FitResult(None, time_s, None, last), earlier.get("recipe"))
     return StageResult(metrics, time_s)
 
 
@@ -139,6 +150,31 @@ def cached_stage(root: Path) -> StageResult | None:
     return StageResult(
         data["metrics"], data["time_s"], data.get("best_score"), data.get("audits", {})
     )
+
+
+def finished_stage(root: Path) -> tuple[StageResult, str | None] | None:
+    """A stage an earlier run fitted and evaluated (``metrics.json`` and the checkpoint it
+    reports from, which is the starting model for a run stopped before its first epoch), with
+    the recipe it was fitted with (None when not recorded); None when there is none."""
+    path = root / "metrics.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if not Path(data.get("checkpoint") or "").is_file():
+        return None
+    result = StageResult(
+        data["metrics"], data["time_s"], data.get("best_score"), data.get("audits", {})
+    )
+    return result, data.get("recipe")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -161,6 +197,10 @@ class Benchmark:
     report_seeds: list[int] = field(default_factory=list)
     #: shadow models per seed of the per-example membership audit (``--audits lira``)
     lira_shadows: int = 8
+    #: a method stage that an earlier run finished in ``out``: ``refuse`` to touch it (a
+    #: one-line error), ``reuse`` it when its recipe is this run's (``ltu benchmark --resume``),
+    #: or ``refit`` it (``--overwrite``)
+    finished: str = "refuse"
 
     @property
     def seed_role(self) -> str | None:
@@ -203,6 +243,62 @@ class Benchmark:
             original_ckpt=seed_root / "original" / "checkpoints" / "last.ckpt" if method else None,
         )
 
+    def recipe(self, key: str, seed: int) -> str:
+        """What stage ``key`` of ``seed`` is built from, as a digest: the text of its stage
+        configs (not files those include), the benchmark's and the row's overrides, the seed
+        and, for a method, the bytes of the original checkpoint it starts from. A finished
+        stage is reused only under the recipe it was fitted with."""
+        stage = self.stage(key, seed)
+        method = next((m for m in self.methods if m.key == key), None)
+        configs = [
+            Path(c).read_text() if not isinstance(c, Mapping) else dict(c) for c in stage.configs
+        ]
+        parts: dict[str, Any] = {"configs": configs, "seed": seed, "overrides": self.overrides}
+        if method is not None:
+            parts["row"] = method.overrides
+            if stage.original_ckpt is not None and stage.original_ckpt.is_file():
+                parts["original"] = file_digest(stage.original_ckpt)
+        text = json.dumps(parts, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _check_reference(self, key: str, seed: int, recipe: str) -> None:
+        """Refuse a stored original or retrained model built from another recipe (a stage
+        without a recorded recipe is taken as it is): it is neither reused for this run's
+        settings nor replaced."""
+        path = self.stage(key, seed).root / "metrics.json"
+        if not path.is_file():
+            return
+        recorded = json.loads(path.read_text()).get("recipe")
+        if recorded is not None and recorded != recipe:
+            raise LTUError(
+                f"{path.parent} holds the {key} model of seed {seed} trained with other configs "
+                "or overrides than this run's; a trained reference model is never replaced: "
+                "choose another --out"
+            )
+
+    def _finished_method(self, key: str, seed: int) -> StageResult | None:
+        """Stage ``key`` of ``seed`` as an earlier run left it, when it is to be reused; None
+        when it is to be fitted (none finished, or ``finished == "refit"``)."""
+        stage = self.stage(key, seed)
+        found = finished_stage(stage.root)
+        if found is None or self.finished == "refit":
+            return None
+        result, recipe = found
+        if self.finished == "reuse" and recipe == self.recipe(key, seed):
+            return result
+        if self.finished == "reuse":
+            why = "no recorded recipe" if recipe is None else "other configs or overrides"
+            raise LTUError(
+                f"{stage.root} holds stage {key!r} of seed {seed} fitted with {why} than this "
+                "run's, so --resume cannot reuse it; pass --overwrite true to fit it again or "
+                "choose another --out"
+            )
+        raise LTUError(
+            f"{stage.root} holds stage {key!r} of seed {seed} from an earlier run; pass "
+            "--resume true to reuse the stages fitted with this run's settings, --overwrite "
+            "true to fit them again, or choose another --out"
+        )
+
     def run(
         self,
         progress: Callable[[str], None] = print,
@@ -219,6 +315,8 @@ class Benchmark:
             per_seed: dict[str, StageResult] = {}
             for i, key in enumerate(REFERENCE_STAGES):
                 stage = self.stage(key, seed)
+                recipe = self.recipe(key, seed)
+                self._check_reference(key, seed, recipe)
                 cached = cached_stage(stage.root) if stage.manifest.exists() else None
                 if cached is None:
                     cached = reevaluate_stage(stage)
@@ -233,7 +331,7 @@ class Benchmark:
                     per_seed[key] = cached
                     continue
                 progress(f"[seed {seed}] {i + 1}/{stages} {key}: training ...")
-                per_seed[key] = run_stage(stage)
+                per_seed[key] = run_stage(stage, recipe=recipe)
                 if events is not None:
                     events.finished(seed, key)
                 progress(
@@ -242,10 +340,24 @@ class Benchmark:
                 )
             for j, method in enumerate(self.methods):
                 n = len(REFERENCE_STAGES) + j + 1
+                earlier = self._finished_method(method.key, seed)
+                if earlier is not None:
+                    if events is not None:
+                        events.started(seed, method.key, "reusing")
+                        events.finished(seed, method.key)
+                    gap = avg_gap(earlier.metrics, per_seed["retrain"].metrics)
+                    progress(
+                        f"[seed {seed}] {n}/{stages} {method.key}: reusing "
+                        f"{self.stage(method.key, seed).root} (Avg.Gap {gap:.2f})"
+                    )
+                    per_seed[method.key] = earlier
+                    continue
                 progress(f"[seed {seed}] {n}/{stages} {method.key}: unlearning ...")
                 if events is not None:
                     events.started(seed, method.key, "unlearning")
-                result = run_stage(self.stage(method.key, seed), per_seed["retrain"].metrics)
+                stage = self.stage(method.key, seed)
+                recipe = self.recipe(method.key, seed)
+                result = run_stage(stage, per_seed["retrain"].metrics, recipe)
                 per_seed[method.key] = result
                 gap = avg_gap(result.metrics, per_seed["retrain"].metrics)
                 if events is not None:

@@ -91,7 +91,8 @@ class Stage:
         """The stage's resolved config: configs, then settings, then overrides, on ``parser``.
 
         An unlearning stage also gets a ``RunFolderGuard(overwrite=True)`` after the callbacks
-        its configs name: the benchmark owns its stage folders and replaces them on a rerun.
+        its configs name: the benchmark owns its stage folders and fits them again when asked
+        (``ltu benchmark --overwrite``).
         """
         cfg = parser.get_defaults()
         for config in self.configs:

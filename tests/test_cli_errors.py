@@ -43,3 +43,22 @@ def test_other_parse_errors_are_one_line(capsys, args, expected) -> None:
 
 def test_a_flat_message_keeps_its_first_line() -> None:
     assert one_line_parse_error("Key 'x' is required\n  more") == "Key 'x' is required"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("benchmark", "--config", "nope.yaml"), 'Parser key "config": File does not exist'),
+        (("benchmark", "--seeds", "x"), "--seeds: Expected a <class 'int'>"),
+        (("audit", "--audits", "inversion", "--nosuch", "1"), "unrecognized arguments: --nosuch"),
+        (("tune", "--benchmark", "b.yaml", "--out", "o", "--trials", "x"), "--trials: Expected"),
+    ],
+)
+def test_a_parse_error_of_benchmark_tune_and_audit_is_one_line(capsys, args, expected) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "usage:" not in err[0], err
+    assert err[0].startswith("error: ") and expected in err[0], err
+    assert err[0].endswith(f" {args[0]} --help)")

@@ -45,6 +45,7 @@ from ltu_lightning.benchmark.search import read_spaces, read_tuned, search
 from ltu_lightning.benchmark.tuning import tune, tuning_markdown
 from ltu_lightning.errors import LTUError
 from ltu_lightning.quiet import quiet_wandb
+from ltu_lightning.runner.lightning import ToolArgumentParser
 from ltu_lightning.tracking import benchmark_group, log_benchmark_to_wandb
 from ltu_lightning.utils.run_lock import RunLock
 
@@ -65,7 +66,7 @@ TUNE_HELP = (
 
 def build_parser() -> ArgumentParser:
     """The ``ltu benchmark`` parser (a subcommand of ``ltu``)."""
-    parser = ArgumentParser(prog="ltu benchmark", description=BENCHMARK_HELP)
+    parser = ToolArgumentParser(prog="ltu benchmark", description=BENCHMARK_HELP)
     add_benchmark_arguments(parser)
     parser.add_argument(
         "--audits",
@@ -107,7 +108,7 @@ def build_parser() -> ArgumentParser:
 def build_audit_parser() -> ArgumentParser:
     """The ``ltu audit`` parser (a subcommand of ``ltu``): the benchmark's flags, which say
     where its stages are and how they were built, and the audits to run."""
-    parser = ArgumentParser(prog="ltu audit", description=AUDIT_HELP)
+    parser = ToolArgumentParser(prog="ltu audit", description=AUDIT_HELP)
     add_benchmark_arguments(parser)
     parser.add_argument(
         "--audits",
@@ -208,7 +209,7 @@ def add_benchmark_arguments(parser: ArgumentParser) -> None:
 
 def build_tune_parser() -> ArgumentParser:
     """The ``ltu tune`` parser (a subcommand of ``ltu``)."""
-    parser = ArgumentParser(prog="ltu tune", description=TUNE_HELP)
+    parser = ToolArgumentParser(prog="ltu tune", description=TUNE_HELP)
     parser.add_argument(
         "--benchmark",
         type=str,

@@ -9,7 +9,7 @@ import sys
 from typing import NoReturn
 
 import lightning as L
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
@@ -58,15 +58,23 @@ def one_line_parse_error(message: str) -> str:
     return f"{flag}: {reasons[0]}" + (f" (given {given!r})" if given else "")
 
 
-class ProjectArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser, whose errors are one line (no usage dump), exit code 2."""
+class OneLineErrors:
+    """A jsonargparse parser mixin: a parse error is one line (no usage dump), exit code 2."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # an inner parse: the caller handles the exception
-            super().error(message, ex)
+            super().error(message, ex)  # type: ignore[misc]
         prog = self.prog.replace(" [options]", "")
         sys.stderr.write(f"error: {one_line_parse_error(message)} (see {prog} --help)\n")
         raise SystemExit(2)
+
+
+class ProjectArgumentParser(OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one line (no usage dump), exit code 2."""
+
+
+class ToolArgumentParser(OneLineErrors, ArgumentParser):
+    """The parser of ``ltu benchmark``, ``tune`` and ``audit``: one-line errors, exit code 2."""
 
 
 class ProjectCLI(LightningCLI):

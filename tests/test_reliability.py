@@ -430,6 +430,34 @@ def test_a_fit_refused_before_its_first_checkpoint_is_reported_from_its_start(di
     assert not isinstance(refused.value, NonFiniteStepError)
 
 
+class _OverflowingLogits(UnlearningModule):
+    """Finite weights and steps; from epoch 1 on its logits overflow (as after gradient ascent
+    on a whole class): only the validation outputs show it."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch["retain"]
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        logits = self(x).float() * (float("inf") if self.current_epoch >= 1 else 1.0)
+        self._val_outputs.setdefault(dataloader_idx, []).append((logits, y))
+
+
+def test_non_finite_validation_outputs_stop_the_run_as_a_non_finite_step(digits, tmp_path):
+    module = _OverflowingLogits(MLP(10, 64, [256, 256]), original_ckpt=str(digits.original))
+    data = UnlearningDataModule(
+        "digits", holdout=0.2, manifest_path=str(digits.manifest), train_on="unlearn"
+    )
+    trainer = L.Trainer(max_epochs=3, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    with pytest.raises(
+        NonFiniteStepError, match="non-finite logits on .* forget samples after epoch 1"
+    ):
+        trainer.fit(module, data)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 0
+
+
 class _NaNGradients(UnlearningModule):
     """Finite loss, NaN gradients (d sqrt(|0·w|)/dw = inf·0): only a gradient check sees it."""
 

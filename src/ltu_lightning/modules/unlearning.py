@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ltu_lightning.audit.forget_losses import RandomLabelLoss
-from ltu_lightning.errors import LTUError, how_to_set
+from ltu_lightning.errors import LTUError, NonFiniteStepError, how_to_set
 from ltu_lightning.evaluation.metrics import loss_auc, selection_criterion
 from ltu_lightning.modules.base import BaseModule, monitored_best_score
 from ltu_lightning.modules.checkpoints import load_backbone_weights
@@ -504,9 +504,25 @@ class UnlearningModule(BaseModule):
                 targets = self.all_gather(targets).flatten(0, 1)
             outputs[role] = (logits, targets)
         self._val_outputs.clear()
+        for role, (logits, _) in outputs.items():
+            self.check_finite_outputs(logits, role)
         if "forget" not in outputs or "holdout_val" not in outputs:
             return
         self.log_validation(outputs)
+
+    def check_finite_outputs(self, logits: torch.Tensor, role: str) -> None:
+        """Stop a run whose model gives non-finite logits (its weights can be finite while its
+        activations overflow, e.g. after gradient ascent): a diverged run, handled like a
+        non-finite step (the kept model and the last good checkpoint stay)."""
+        if torch.isfinite(logits).all():
+            return
+        bad = int((~torch.isfinite(logits)).any(dim=-1).sum())
+        raise NonFiniteStepError(
+            f"{type(self).__name__} gives non-finite logits on {bad} of {len(logits)} {role} "
+            f"samples after epoch {self.current_epoch} (its activations overflow): the run "
+            "diverged and was stopped (the kept model and the last checkpoint are intact); "
+            "lower the learning rate"
+        )
 
     def log_validation(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Log forget/val accuracy, the loss-AUC of D_f vs val, and the selection criterion.

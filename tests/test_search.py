@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
@@ -69,6 +70,11 @@ def test_two_methods_two_trials_resumed_and_read_by_the_benchmark(in_tmp, run_lt
     assert set(yaml.safe_load((out / "chosen.yaml").read_text())) == set(METHODS)
     md = (out / "search.md").read_text()
     assert md.count("| 3 | {") == 1 and md.count("| 2 | {") == 2
+    # a continued study does not draw the points it already tried again
+    storage = f"sqlite:///{out / 'search.db'}"
+    for key in METHODS:
+        lrs = [t.params[LR] for t in optuna.load_study(study_name=f"tiny/{key}", storage=storage).trials]  # fmt: skip
+        assert len(set(lrs)) == len(lrs), (key, lrs)
     # the benchmark applies the chosen values after each method's own overrides
     chosen = yaml.safe_load((out / "chosen.yaml").read_text())
     cfg = build_parser().parse_args(["--config", str(bench), "--tuned", str(out / "chosen.yaml")])

@@ -5,7 +5,9 @@ A search space is a small YAML per method, ``<search dir>/<method folder>.yaml``
 both bounds are) or ``{choices: [...]}``. Every method gets the same seeded TPE sampler and the
 same number of trials; a trial's value is the mean over the tuning seeds of each fit's best
 validation criterion (a failed fit: +inf). The studies live in an SQLite file under the output
-folder, so a search stopped part-way continues where it stopped. The chosen values are written
+folder, so a search stopped part-way continues where it stopped (its sampler then seeded with
+``sampler_seed`` plus the trials already finished, so that it does not draw the first random
+points again; the points differ from an uninterrupted search's, their distribution does not). The chosen values are written
 as ``chosen.yaml`` (``{method key: {config key: value}}``, read by ``ltu benchmark --tuned``),
 the trial table as ``search.md``.
 """
@@ -94,14 +96,17 @@ def search(
     for method in bench.methods:
         if method.key not in spaces:
             continue
+        name = f"{bench.name}/{method.key}"
+        # A continued study gets a sampler seeded past its finished trials: a sampler seeded as
+        # at the start would draw the start's random points again.
+        done = _finished_trials(storage, name)
         study = optuna.create_study(
-            study_name=f"{bench.name}/{method.key}",
+            study_name=name,
             storage=storage,
             direction="minimize",
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+            sampler=optuna.samplers.TPESampler(seed=sampler_seed + len(done)),
             load_if_exists=True,
         )
-        done = [t for t in study.trials if t.state.is_finished()]
         left = trials - len(done)
         if left > 0:
             progress(f"[search] {method.key}: {len(done)} trials done, running {left}")
@@ -116,6 +121,17 @@ def search(
             report[method.key] = _summary(optuna.load_study(study_name=name, storage=storage))
     _write(out, bench.name, seeds, trials, sampler_seed, report)
     return report
+
+
+def _finished_trials(storage: str, name: str) -> list[Any]:
+    """The finished trials of study ``name`` in ``storage`` (none when it does not exist)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no such study yet
+        return []
+    return [t for t in study.trials if t.state.is_finished()]
 
 
 def _objective(

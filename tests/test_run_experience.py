@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,29 @@ def test_the_progress_display_shows_stage_seed_and_eta():
         text = console.export_text(clear=False)
         assert "seed 0 · ltu:partial+holdout: unlearning" in text
         assert "1/4" in text and "ETA" in text
+
+
+def test_the_eta_leaves_out_stages_reused_from_an_earlier_run():
+    from rich.console import Console
+
+    from ltu_lightning.benchmark.progress import BenchmarkProgress, _EtaColumn
+
+    console = Console(record=True, width=120, force_terminal=True)
+    with BenchmarkProgress(10, console=console) as display:
+        for stage in ("original", "retrain", "ft:partial"):
+            display.started(0, stage, "reusing")
+            display.finished(0, stage)
+        task = display.progress.tasks[display.task]
+        assert task.fields["reused"] == 3
+        assert "-:--:--" in _EtaColumn().render(task).plain  # nothing fitted yet: no estimate
+        display.started(0, "ltu:partial+holdout", "unlearning")
+        time.sleep(1.0)
+        display.finished(0, "ltu:partial+holdout")
+        task = display.progress.tasks[display.task]
+        # 6 stages left at the one fitted stage's pace (≥ 1 s each), not at the pace of the 4
+        # finished stages (≈ 0.25 s each)
+        h, m, s = map(int, _EtaColumn().render(task).plain.removeprefix("ETA ").split(":"))
+        assert h * 3600 + m * 60 + s >= 5
 
 
 # ----------------------------------------------------------------- the lightning command

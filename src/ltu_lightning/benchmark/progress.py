@@ -2,8 +2,8 @@
 overrides, and the process's wall time.
 
 The display (rich) keeps one line at the bottom of the terminal: the stage running, its seed,
-the stages done out of all, the elapsed time and an ETA (the mean time of the stages finished so
-far times the stages left). The runner's one-line reports scroll above it. Without a terminal
+the stages done out of all, the elapsed time and an ETA (the mean time of the stages fitted so
+far times the stages left; stages reused by ``--resume`` do not count as fitted). The runner's one-line reports scroll above it. Without a terminal
 (a log file, CI) only those lines are printed.
 """
 
@@ -38,13 +38,15 @@ class StageEvents(Protocol):
 
 
 class _EtaColumn(ProgressColumn):
-    """Time left: the mean duration of the stages finished so far times the stages left."""
+    """Time left: the mean duration of the stages fitted so far (stages reused from an earlier
+    run take no time and are left out) times the stages left."""
 
     def render(self, task: Task) -> Text:
         done, total = task.completed, task.total
-        if not done or total is None or task.elapsed is None:
+        fitted = done - task.fields.get("reused", 0)
+        if fitted <= 0 or total is None or task.elapsed is None:
             return Text("ETA -:--:--", style="progress.remaining")
-        left = task.elapsed / done * (total - done)
+        left = task.elapsed / fitted * (total - done)
         return Text(
             f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))}", style="progress.remaining"
         )
@@ -69,7 +71,8 @@ class BenchmarkProgress:
             console=self.console,
             transient=False,
         )
-        self.task = self.progress.add_task("starting", total=total)
+        self.task = self.progress.add_task("starting", total=total, reused=0)
+        self._reusing = False
 
     def __enter__(self) -> BenchmarkProgress:
         self.progress.start()
@@ -89,9 +92,13 @@ class BenchmarkProgress:
         self.progress.console.print(line, markup=False, highlight=False)
 
     def started(self, seed: int, stage: str, action: str) -> None:
+        self._reusing = action == "reusing"
         self.progress.update(self.task, description=f"seed {seed} · {stage}: {action}")
 
     def finished(self, seed: int, stage: str) -> None:
+        if self._reusing:
+            reused = self.progress.tasks[self.task].fields["reused"]
+            self.progress.update(self.task, reused=reused + 1)
         self.progress.advance(self.task)
 
 

@@ -186,10 +186,7 @@ def stored_results(
             path = bench.stage(key, seed).root / "metrics.json"
             if not path.is_file():
                 raise _missing(bench, key, seed, f"no {path}", config)
-            data = json.loads(path.read_text())
-            per_seed[key] = StageResult(
-                data["metrics"], data["time_s"], data.get("best_score"), data.get("audits", {})
-            )
+            per_seed[key] = StageResult.from_record(json.loads(path.read_text()))
         results[seed] = per_seed
     return results
 

@@ -10,6 +10,7 @@ asked (``refit``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -71,6 +72,11 @@ class StageResult:
     best_score: float | None = None
     #: post-hoc audits of the stage's model (benchmark/audits.py): ``{name: {columns, time_s}}``
     audits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> StageResult:
+        """The result a stage's ``metrics.json`` records."""
+        return cls(data["metrics"], data["time_s"], data.get("best_score"), data.get("audits", {}))
 
 
 def images_read(datamodule: Any) -> int | None:
@@ -147,9 +153,7 @@ def cached_stage(root: Path) -> StageResult | None:
     data = json.loads(path.read_text())
     if Path(data.get("checkpoint", "")).name != last.name:
         return None
-    return StageResult(
-        data["metrics"], data["time_s"], data.get("best_score"), data.get("audits", {})
-    )
+    return StageResult.from_record(data)
 
 
 def finished_stage(root: Path) -> tuple[StageResult, str | None] | None:
@@ -162,16 +166,20 @@ def finished_stage(root: Path) -> tuple[StageResult, str | None] | None:
     data = json.loads(path.read_text())
     if not Path(data.get("checkpoint") or "").is_file():
         return None
-    result = StageResult(
-        data["metrics"], data["time_s"], data.get("best_score"), data.get("audits", {})
-    )
-    return result, data.get("recipe")
+    return StageResult.from_record(data), data.get("recipe")
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (hex)."""
+    """sha256 of a file's bytes (hex), read once per version of the file (path, size, mtime):
+    every method stage of a seed digests the same original checkpoint."""
+    stat = path.stat()
+    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

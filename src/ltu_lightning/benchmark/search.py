@@ -96,17 +96,16 @@ def search(
     for method in bench.methods:
         if method.key not in spaces:
             continue
-        name = f"{bench.name}/{method.key}"
-        # A continued study gets a sampler seeded past its finished trials: a sampler seeded as
-        # at the start would draw the start's random points again.
-        done = _finished_trials(storage, name)
         study = optuna.create_study(
-            study_name=name,
+            study_name=f"{bench.name}/{method.key}",
             storage=storage,
             direction="minimize",
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed + len(done)),
             load_if_exists=True,
         )
+        done = [t for t in study.trials if t.state.is_finished()]
+        # A continued study gets a sampler seeded past its finished trials: a sampler seeded as
+        # at the start would draw the start's random points again.
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(done))
         left = trials - len(done)
         if left > 0:
             progress(f"[search] {method.key}: {len(done)} trials done, running {left}")
@@ -121,17 +120,6 @@ def search(
             report[method.key] = _summary(optuna.load_study(study_name=name, storage=storage))
     _write(out, bench.name, seeds, trials, sampler_seed, report)
     return report
-
-
-def _finished_trials(storage: str, name: str) -> list[Any]:
-    """The finished trials of study ``name`` in ``storage`` (none when it does not exist)."""
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:  # no such study yet
-        return []
-    return [t for t in study.trials if t.state.is_finished()]
 
 
 def _objective(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "paired_rows.py"
 
@@ -22,29 +25,44 @@ def results(path: Path, seeds: dict[int, tuple[float, float, float]]) -> Path:
     return path
 
 
-def run(*args: object) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(SCRIPT), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """``main()`` of the script with ``args`` as its command line: (exit code, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("paired_rows", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = 0
+    with mock.patch.object(sys, "argv", ["paired_rows.py", *map(str, args)]):
+        try:
+            module.main()
+        except SystemExit as stop:
+            code, message = 1, str(stop.code)
+            print(message, file=sys.stderr)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_merges_seeds_across_files_and_pairs_the_rows(tmp_path: Path) -> None:
+def test_merges_seeds_across_files_and_pairs_the_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = results(tmp_path / "a.json", {0: (0.5, 1.5, 20.0), 1: (0.3, 1.2, 10.0)})
     second = results(tmp_path / "b.json", {2: (0.4, 1.0, 30.0)})
-    out = run(
-        first, second, "--a", "a", "--b", "b", "--columns", "avg_gap", "--ratio-to", "retrain"
-    )
-    assert out.returncode == 0, out.stderr
-    row = next(line for line in out.stdout.splitlines() if line.startswith("| avg_gap"))
+    args = (first, second, "--a", "a", "--b", "b", "--columns", "avg_gap", "--ratio-to", "retrain")
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("| avg_gap"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:4] == ["0.40", "1.23", "+0.83"]
     assert cells[6] == "0/3"
-    assert "0: 0.50 / 1.50, 1: 0.30 / 1.20, 2: 0.40 / 1.00" in out.stdout
-    assert "b: time_s / retrain time_s per seed 0.100, 0.050, 0.150; mean 0.100" in out.stdout
+    assert "0: 0.50 / 1.50, 1: 0.30 / 1.20, 2: 0.40 / 1.00" in out
+    assert "b: time_s / retrain time_s per seed 0.100, 0.050, 0.150; mean 0.100" in out
 
 
-def test_a_missing_row_or_a_repeated_seed_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_a_missing_row_or_a_repeated_seed_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = results(tmp_path / "a.json", {0: (0.5, 1.5, 20.0)})
-    out = run(first, "--a", "missing", "--b", "b")
-    assert out.returncode != 0 and "has no row 'missing'" in out.stderr
-    out = run(first, first, "--a", "a", "--b", "b")
-    assert out.returncode != 0 and "seed 0 of 'a' is in more than one" in out.stderr
+    code, _, err = run(capsys, first, "--a", "missing", "--b", "b")
+    assert code != 0 and "has no row 'missing'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, first, first, "--a", "a", "--b", "b")
+    assert code != 0 and "seed 0 of 'a' is in more than one" in err

@@ -17,14 +17,15 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 from ltu_lightning.evaluation.statistics import paired_comparison
 
 
-def merged(paths: list[Path], row: str, column: str) -> dict[int, float]:
+def merged(runs: list[tuple[Path, dict[str, Any]]], row: str, column: str) -> dict[int, float]:
+    """``column`` of ``row`` per seed, over every run's ``methods`` table."""
     values: dict[int, float] = {}
-    for path in paths:
-        methods = json.loads(path.read_text())["methods"]
+    for path, methods in runs:
         if row not in methods:
             raise SystemExit(f"{path} has no row {row!r}; its rows: {', '.join(methods)}")
         for seed, entry in methods[row]["per_seed"].items():
@@ -42,11 +43,12 @@ def main() -> None:
     p.add_argument("--columns", nargs="+", default=["avg_gap", "UA", "RA", "TA", "MIA", "time_s"])
     p.add_argument("--ratio-to", default=None, help="row whose time_s each row's is divided by")
     args = p.parse_args()
+    runs = [(path, json.loads(path.read_text())["methods"]) for path in args.results]
     print("| column | A | B | B − A | 95 % interval | Wilcoxon p | B lower on | resolved |")
     print("|---|---|---|---|---|---|---|---|")
     for column in args.columns:
-        a = merged(args.results, args.a, column)
-        b = merged(args.results, args.b, column)
+        a = merged(runs, args.a, column)
+        b = merged(runs, args.b, column)
         c = paired_comparison("B", "A", b, a, metric=column)
         mean_a = statistics.fmean(a[s] for s in c.seeds)
         mean_b = statistics.fmean(b[s] for s in c.seeds)
@@ -57,12 +59,12 @@ def main() -> None:
         )
     print()
     print("per seed (avg_gap A, avg_gap B):")
-    a, b = merged(args.results, args.a, "avg_gap"), merged(args.results, args.b, "avg_gap")
+    a, b = merged(runs, args.a, "avg_gap"), merged(runs, args.b, "avg_gap")
     print(", ".join(f"{s}: {a[s]:.2f} / {b[s]:.2f}" for s in sorted(a)))
     if args.ratio_to:
-        ref = merged(args.results, args.ratio_to, "time_s")
+        ref = merged(runs, args.ratio_to, "time_s")
         for row in (args.a, args.b):
-            t = merged(args.results, row, "time_s")
+            t = merged(runs, row, "time_s")
             ratios = [t[s] / ref[s] for s in sorted(t)]
             print(
                 f"{row}: time_s / {args.ratio_to} time_s per seed "

@@ -3,8 +3,9 @@ overrides, and the process's wall time.
 
 The display (rich) keeps one line at the bottom of the terminal: the stage running, its seed,
 the stages done out of all, the elapsed time and an ETA (the mean time of the stages fitted so
-far times the stages left; stages reused by ``--resume`` do not count as fitted). The runner's one-line reports scroll above it. Without a terminal
-(a log file, CI) only those lines are printed.
+far times the stages left; stages reused by ``--resume`` do not count as fitted). The runner's
+one-line reports scroll above it. Without a terminal (a log file, CI) only those lines are
+printed.
 """
 
 from __future__ import annotations
